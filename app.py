@@ -1,0 +1,238 @@
+"""The gateway's HTTP face: `create_app(settings)`, its lifespan, routes and error handlers.
+
+Routes only parse, call one `ModelHandler` method and turn the result into a response; every
+failure is a `GatewayError` answered in OpenAI's shape by one handler here. A request whose client
+goes away is cancelled at once, which closes its upstream connection so SGLang stops generating.
+
+Run with `python app.py` (settings from the environment) or `uvicorn app:app`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import anyio
+import httpx
+import orjson
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from sse_starlette import EventSourceResponse
+from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from errors import GatewayError, InvalidRequest, ModelNotFound, UpstreamUnavailable, error_body
+from health import BackendMonitor
+from model_handler import ModelHandler, build_upstream_client
+from request_context import RequestIdMiddleware, configure_logging
+from schemas import ChatCompletionRequest
+from settings import Settings
+from validation import parse_json_body
+
+logger = logging.getLogger("gateway")
+
+T = TypeVar("T")
+
+MODEL_OWNER = "google"
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for "the client went away"; nobody receives it
+
+
+class ClientDisconnected(Exception):
+    """The client closed its connection before the answer was ready."""
+
+
+def create_app(
+    settings: Settings | None = None, *, transport: httpx.AsyncBaseTransport | None = None
+) -> FastAPI:
+    """The gateway for `settings`; `transport` replaces the network to SGLang in tests."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = build_upstream_client(settings)
+        if transport is not None:
+            client._transport = transport  # tests only: same client settings, fake network
+        app.state.handler = ModelHandler(settings, client)
+        app.state.monitor = monitor = BackendMonitor(settings, client)
+        try:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(monitor.run)
+                yield
+                tasks.cancel_scope.cancel()
+        finally:
+            await client.aclose()
+
+    app = FastAPI(
+        title="Gemma 3n OpenAI-compatible gateway",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.started_at = int(time.time())
+    app.add_middleware(RequestIdMiddleware)
+    _add_error_handlers(app)
+    _add_routes(app)
+    return app
+
+
+def _json(
+    content: Any, status_code: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
+    return Response(
+        orjson.dumps(content),
+        status_code=status_code,
+        headers=headers,
+        media_type="application/json",
+    )
+
+
+def _add_routes(app: FastAPI) -> None:
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        body = await request.body()
+        chat = parse_json_body(ChatCompletionRequest, body, request.headers.get("content-type"))
+        handler: ModelHandler = request.app.state.handler
+        if chat.stream:
+            stream = await _until_disconnect(request, handler.stream_chat_completion(chat))
+            return EventSourceResponse(
+                stream,
+                sep="\n",
+                background=BackgroundTask(stream.aclose),
+                headers={"Cache-Control": "no-cache"},
+            )
+        completion = await _until_disconnect(request, handler.create_chat_completion(chat))
+        return Response(completion, media_type="application/json")
+
+    @app.get("/v1/models")
+    async def list_models(request: Request) -> Response:
+        return _json({"object": "list", "data": [_model_card(request.app)]})
+
+    @app.get("/v1/models/{model_id:path}")
+    async def retrieve_model(request: Request, model_id: str) -> Response:
+        if model_id != request.app.state.settings.model_name:
+            raise ModelNotFound(model_id, param=None)
+        return _json(_model_card(request.app))
+
+    @app.get("/health")
+    async def health(request: Request) -> Response:
+        """Liveness: answers at once with the last known state of SGLang."""
+        monitor: BackendMonitor = request.app.state.monitor
+        return _json({"status": "ok", "backend": monitor.state.as_json()})
+
+    @app.get("/health/ready")
+    async def ready(request: Request) -> Response:
+        """Readiness: 200 only while SGLang is ready to generate."""
+        monitor: BackendMonitor = request.app.state.monitor
+        state = monitor.state if monitor.state.ready else await monitor.check()
+        if state.ready:
+            return _json({"status": "ready", "backend": state.as_json()})
+        settings: Settings = request.app.state.settings
+        raise UpstreamUnavailable(
+            f"The model server is not ready: {state.detail}.",
+            retry_after=settings.retry_after_seconds,
+        )
+
+
+def _model_card(app: FastAPI) -> dict[str, Any]:
+    return {
+        "id": app.state.settings.model_name,
+        "object": "model",
+        "created": app.state.started_at,
+        "owned_by": MODEL_OWNER,
+    }
+
+
+async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it the moment the client disconnects.
+
+    The request body has been read, so the next ASGI message can only be the disconnect. Without
+    this, a non-streaming request (or a stream still waiting for its first token) would keep
+    SGLang generating for nobody until it finished.
+    """
+    disconnected = False
+    failure: Exception | None = None
+    async with anyio.create_task_group() as tasks:
+
+        async def watch() -> None:
+            nonlocal disconnected
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            disconnected = True
+            tasks.cancel_scope.cancel()
+
+        tasks.start_soon(watch)
+        try:
+            result = await work
+        except Exception as exc:  # re-raised below, bare rather than in an ExceptionGroup
+            failure = exc
+        finally:
+            tasks.cancel_scope.cancel()
+    if disconnected:
+        raise ClientDisconnected
+    if failure is not None:
+        raise failure
+    return result
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    async def gateway_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, GatewayError)
+        level = logging.WARNING if exc.status_code >= 500 else logging.INFO
+        logger.log(level, "%d %s: %s", exc.status_code, exc.error_type, exc.message)
+        return _json(exc.body(), exc.status_code, exc.headers)
+
+    async def client_disconnected(request: Request, exc: Exception) -> Response:
+        logger.info("client disconnected; upstream request closed")
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 404:
+            message = f"Invalid URL ({request.method} {request.url.path})"
+        elif exc.status_code == 405:
+            message = f"Method {request.method} is not allowed for {request.url.path}"
+        else:
+            message = str(exc.detail)
+        return _json(error_body(message, "invalid_request_error"), exc.status_code, exc.headers)
+
+    async def request_validation_error(request: Request, exc: Exception) -> Response:
+        return await gateway_error(request, InvalidRequest(f"Invalid request: {exc}"))
+
+    async def unexpected_error(request: Request, exc: Exception) -> Response:
+        logger.exception("unexpected error", exc_info=exc)
+        return _json(error_body("The gateway failed to handle the request.", "server_error"), 500)
+
+    app.add_exception_handler(GatewayError, gateway_error)
+    app.add_exception_handler(ClientDisconnected, client_disconnected)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, request_validation_error)
+    app.add_exception_handler(Exception, unexpected_error)
+
+
+def main() -> None:
+    """`python app.py`: serve with the settings from the environment."""
+    settings = Settings()
+    configure_logging(settings.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        log_level=settings.log_level,
+        access_log=False,  # RequestIdMiddleware writes the access line, with the request id
+        loop="uvloop",
+        http="httptools",
+    )
+
+
+if __name__ == "__main__":
+    main()
+else:
+    app = create_app()

@@ -1,0 +1,95 @@
+"""What the gateway knows of SGLang's health, kept fresh by one background task.
+
+SGLang's `/health` runs a real one-token generation (a second or more), so it is never called per
+request or per probe. A background task polls SGLang's cheap `/ready` flag every
+`HEALTH_POLL_INTERVAL` seconds (older builds without `/ready` are asked `/v1/models`, which
+answers once the server is up) and keeps the result; the gateway's `/health` reports it at once.
+A readiness probe that finds SGLang not ready checks again on the spot, so recovery is seen
+without waiting for the next poll.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import anyio
+import httpx
+
+from settings import Settings
+
+logger = logging.getLogger("gateway.health")
+
+
+@dataclass(frozen=True)
+class BackendState:
+    """The last answer from SGLang: reachable at all, and ready to generate."""
+
+    reachable: bool
+    ready: bool
+    detail: str
+    checked_at: float | None  # time.time() of the check; None before the first one
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "reachable": self.reachable,
+            "ready": self.ready,
+            "detail": self.detail,
+            "checked_at": self.checked_at,
+        }
+
+
+UNKNOWN = BackendState(reachable=False, ready=False, detail="not checked yet", checked_at=None)
+
+
+class BackendMonitor:
+    """Polls SGLang's readiness in the background and answers from the last result."""
+
+    def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
+        self._settings = settings
+        self._client = client
+        self._ready_path = "/ready"
+        self.state = UNKNOWN
+
+    async def run(self) -> None:
+        """Poll until cancelled (by the app's lifespan)."""
+        while True:
+            await self.check()
+            await anyio.sleep(self._settings.health_poll_interval)
+
+    async def check(self) -> BackendState:
+        """Ask SGLang now, remember and return the answer."""
+        previous = self.state
+        self.state = await self._probe()
+        if previous.ready != self.state.ready:
+            logger.info(
+                "model server %s: %s",
+                "ready" if self.state.ready else "not ready",
+                self.state.detail,
+            )
+        return self.state
+
+    async def _probe(self) -> BackendState:
+        now = time.time()
+        try:
+            response = await self._client.get(
+                self._ready_path, timeout=self._settings.health_check_timeout
+            )
+            if response.status_code == 404 and self._ready_path == "/ready":
+                # An SGLang build older than /ready: /v1/models answers once it serves.
+                self._ready_path = "/v1/models"
+                response = await self._client.get(
+                    self._ready_path, timeout=self._settings.health_check_timeout
+                )
+        except httpx.TimeoutException:
+            return BackendState(True, False, "readiness check timed out", now)
+        except httpx.HTTPError:
+            return BackendState(False, False, "not reachable", now)
+        if response.status_code == 200:
+            return BackendState(True, True, "ready", now)
+        if response.status_code == 503:
+            return BackendState(True, False, "starting, paused or shutting down", now)
+        return BackendState(
+            True, False, f"readiness check answered HTTP {response.status_code}", now
+        )

@@ -1,0 +1,93 @@
+"""Per-request identity: the `X-Request-ID` header, the context variable and the log format.
+
+Every response carries `X-Request-ID`: the client's own when it is a safe token (letters, digits
+and `-_.:`, at most 128 characters; anything else could inject headers or log lines), otherwise a
+new one. Every log line written while the request is handled carries it too. The middleware is
+pure ASGI so that it neither buffers nor delays streamed responses.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from contextvars import ContextVar
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+REQUEST_ID_HEADER = b"x-request-id"
+MAX_REQUEST_ID_LENGTH = 128
+_SAFE_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
+
+request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
+access_logger = logging.getLogger("gateway.access")
+
+
+def accepted_request_id(value: bytes | None) -> str:
+    """The client's id if it is safe to echo and log, else a fresh one."""
+    if value and len(value) <= MAX_REQUEST_ID_LENGTH:
+        text = value.decode("latin-1")
+        if _SAFE_CHARACTERS.issuperset(text):
+            return text
+    return uuid.uuid4().hex
+
+
+class RequestIdMiddleware:
+    """Sets the request id, echoes it in the response headers and logs one access line."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        client_value = None
+        for name, value in scope["headers"]:
+            if name == REQUEST_ID_HEADER:
+                client_value = value
+                break
+        request_id = accepted_request_id(client_value)
+        header = (REQUEST_ID_HEADER, request_id.encode("latin-1"))
+        token = request_id_var.set(request_id)
+        started = time.perf_counter()
+        status = 0
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            access_logger.info(
+                "%s %s %d %.1fms",
+                scope["method"],
+                scope["path"],
+                status,
+                (time.perf_counter() - started) * 1000,
+            )
+            request_id_var.reset(token)
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds `request_id` to every record, so the format can always name it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id_var.get()
+        return True
+
+
+def configure_logging(level: str) -> None:
+    """One handler on the root logger with the request id in every line."""
+    handler = logging.StreamHandler()
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())

@@ -1,0 +1,208 @@
+"""Translate what SGLang sends into exactly what OpenAI sends: bodies, stream chunks and errors.
+
+SGLang's differences (see ../shared/SGLANG.md) and what becomes of them:
+
+- ids are bare hex: prefixed with `chatcmpl-`; `model` is set to the name the client asked for;
+- `matched_stop` in every choice, and null `reasoning_content` / `tool_calls` / `role` in messages
+  and deltas: dropped (a non-null `reasoning_content` is kept);
+- `finish_reason: "abort"` (SGLang gave up on the request): an error, not a silently short answer;
+- flat error bodies `{"object": "error", "message", "type", "param", "code": <int>}`, plain-string
+  auth errors and 500s carrying exception text: typed `errors` with OpenAI's body, status decided by
+  `error_for_status`, SGLang's internal text logged and never passed on.
+
+Everything works on orjson dicts, once per body or chunk: no pydantic on the streaming path.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from errors import (
+    GatewayError,
+    RateLimited,
+    UpstreamBadResponse,
+    UpstreamFailed,
+    UpstreamRejected,
+    UpstreamUnavailable,
+)
+
+logger = logging.getLogger("gateway.upstream")
+
+ID_PREFIX = "chatcmpl-"
+_LOG_TEXT_LIMIT = 500
+
+
+def openai_id(upstream_id: object) -> str:
+    """OpenAI's id form; newer SGLang builds already prefix it, older ones send bare hex."""
+    text = str(upstream_id)
+    return text if text.startswith(ID_PREFIX) else ID_PREFIX + text
+
+
+def rewrite_completion(body: bytes, model: str) -> bytes:
+    """SGLang's non-streaming `chat.completion` body as OpenAI's."""
+    completion = _load_object(body)
+    choices = completion.get("choices")
+    if "id" not in completion or not isinstance(choices, list):
+        raise UpstreamBadResponse("The model server sent a response without id or choices.")
+    completion["id"] = openai_id(completion["id"])
+    completion["model"] = model
+    for choice in choices:
+        choice.pop("matched_stop", None)
+        _raise_if_aborted(choice)
+        message = choice.get("message")
+        if isinstance(message, dict):
+            _drop_nulls(message, ("reasoning_content", "tool_calls"))
+    return orjson.dumps(completion)
+
+
+class ChunkRewriter:
+    """Rewrites the chunks of one stream; the id is computed once, from the first chunk."""
+
+    __slots__ = ("_id", "_model")
+
+    def __init__(self, model: str) -> None:
+        self._model = model
+        self._id: str | None = None
+
+    def rewrite(self, data: bytes) -> bytes:
+        """One SGLang chunk as OpenAI's; raises the error an `{"error": ...}` event carries."""
+        chunk = _load_object(data)
+        if "error" in chunk:
+            raise error_from_event(chunk["error"])
+        if self._id is None:
+            self._id = openai_id(chunk.get("id"))
+        chunk["id"] = self._id
+        chunk["model"] = self._model
+        for choice in chunk.get("choices") or ():
+            choice.pop("matched_stop", None)
+            _raise_if_aborted(choice)
+            delta = choice.get("delta")
+            if delta:
+                choice["delta"] = {key: value for key, value in delta.items() if value is not None}
+        return orjson.dumps(chunk)
+
+
+async def iter_sse_data(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The `data:` payload of each server-sent event, ending at `[DONE]` or the end of input.
+
+    Raises `UpstreamBadResponse` when the input ends without `[DONE]`: SGLang always sends it, so
+    a stream cut short means the connection or the server died.
+    """
+    buffer = b""
+    async for chunk in chunks:
+        buffer += chunk
+        if b"\r" in buffer:  # SGLang uses "\n"; accept any line ending the SSE spec allows
+            buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        *events, buffer = buffer.split(b"\n\n")
+        for event in events:
+            data = [line[5:].lstrip(b" ") for line in event.split(b"\n") if line[:5] == b"data:"]
+            if not data:
+                continue  # a comment or a keep-alive
+            payload = b"\n".join(data)
+            if payload == b"[DONE]":
+                return
+            yield payload
+    raise UpstreamBadResponse("The model server's stream ended before it was complete.")
+
+
+def error_for_status(status: int, body: bytes, *, retry_after: int) -> GatewayError:
+    """The error to answer for a non-200 response from SGLang."""
+    message, param = _upstream_message(body)
+    return _error_for_code(status, message, param, retry_after=retry_after)
+
+
+def error_from_event(error: object, *, retry_after: int = 5) -> GatewayError:
+    """The error carried by an `{"error": {...}}` event in SGLang's stream."""
+    if not isinstance(error, dict):
+        return UpstreamBadResponse("The model server sent a malformed error event.")
+    code = error.get("code")
+    status = code if isinstance(code, int) and 400 <= code <= 599 else 500
+    message = error.get("message")
+    text = message if isinstance(message, str) else None
+    param = error.get("param") if isinstance(error.get("param"), str) else None
+    return _error_for_code(status, text, param, retry_after=retry_after)
+
+
+def stream_error_frame(error: GatewayError) -> bytes:
+    """An error as a server-sent event, which the `openai` SDK raises as `APIError`."""
+    return b"data: " + orjson.dumps(error.body()) + b"\n\n"
+
+
+def _error_for_code(
+    status: int, message: str | None, param: str | None, *, retry_after: int
+) -> GatewayError:
+    if status in (401, 403):
+        return UpstreamBadResponse(
+            "The model server refused the gateway's credentials; check SGLANG_API_KEY."
+        )
+    if status == 404:
+        return UpstreamBadResponse(
+            "The model server has no such endpoint; check that SGLANG_URL points at SGLang."
+        )
+    if status == 429:
+        return RateLimited(
+            message or "The model server is overloaded; retry later.",
+            headers={"Retry-After": str(retry_after)},
+        )
+    if status == 503:
+        if message:
+            logger.warning("model server unavailable: %s", message[:_LOG_TEXT_LIMIT])
+        return UpstreamUnavailable(
+            "The model server is not ready or is overloaded; retry later.", retry_after=retry_after
+        )
+    if 400 <= status < 500:
+        return UpstreamRejected(
+            message or f"The model server rejected the request (HTTP {status}).",
+            status_code=status,
+            param=param,
+        )
+    if message:
+        logger.warning("model server error %d: %s", status, message[:_LOG_TEXT_LIMIT])
+    if status == 500:
+        return UpstreamFailed("The model server failed while generating a response.")
+    return UpstreamBadResponse(f"The model server answered with an unexpected HTTP {status}.")
+
+
+def _upstream_message(body: bytes) -> tuple[str | None, str | None]:
+    """Message and param of any SGLang error body: flat, OpenAI-wrapped, or a plain string."""
+    try:
+        payload: Any = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        text = body.decode("utf-8", "replace").strip()
+        return (text or None), None
+    if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
+        payload = payload["error"]
+    if isinstance(payload, dict):
+        message = payload.get("message") or payload.get("error") or payload.get("detail")
+        param = payload.get("param")
+        return (
+            message if isinstance(message, str) else None,
+            param if isinstance(param, str) else None,
+        )
+    return None, None
+
+
+def _load_object(data: bytes) -> dict[str, Any]:
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise UpstreamBadResponse("The model server sent a response that is not JSON.") from None
+    if not isinstance(value, dict):
+        raise UpstreamBadResponse("The model server sent a JSON response that is not an object.")
+    return value
+
+
+def _raise_if_aborted(choice: dict[str, Any]) -> None:
+    if choice.get("finish_reason") == "abort":
+        raise UpstreamFailed("The model server aborted the generation before it finished.")
+
+
+def _drop_nulls(mapping: dict[str, Any], keys: tuple[str, ...]) -> None:
+    for key in keys:
+        if key in mapping and mapping[key] is None:
+            del mapping[key]
+
