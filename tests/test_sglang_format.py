@@ -1,0 +1,151 @@
+"""Unit tests of the SGLang -> OpenAI translation: SSE parsing, chunk and body rewriting, errors."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+
+import orjson
+import pytest
+
+from errors import (
+    RateLimited,
+    UpstreamBadResponse,
+    UpstreamFailed,
+    UpstreamRejected,
+    UpstreamUnavailable,
+)
+from sglang_format import (
+    ChunkRewriter,
+    error_for_status,
+    error_from_event,
+    iter_sse_data,
+    rewrite_completion,
+)
+
+
+async def _pieces(data: bytes, sizes: list[int]) -> AsyncIterator[bytes]:
+    position = 0
+    for size in sizes:
+        yield data[position : position + size]
+        position += size
+    yield data[position:]
+
+
+async def _collect(data: bytes, sizes: list[int]) -> list[bytes]:
+    return [event async for event in iter_sse_data(_pieces(data, sizes))]
+
+
+@pytest.mark.anyio
+async def test_sse_parser_survives_any_read_split() -> None:
+    events = [orjson.dumps({"n": i, "text": "a\u00e9\U0001f600"}) for i in range(30)]
+    stream = b"".join(b"data: " + e + b"\n\n" for e in events) + b": ping\n\ndata: [DONE]\n\n"
+    rng = random.Random(7)
+    for _ in range(200):
+        sizes = [rng.randint(0, 40) for _ in range(rng.randint(0, 80))]
+        assert await _collect(stream, sizes) == events
+    crlf = stream.replace(b"\n", b"\r\n")
+    assert await _collect(crlf, [3] * 500) == events
+
+
+@pytest.mark.anyio
+async def test_sse_stream_cut_short_is_an_error() -> None:
+    with pytest.raises(UpstreamBadResponse):
+        await _collect(b'data: {"a": 1}\n\ndata: {"b"', [5])
+
+
+def test_chunk_rewriter_handles_both_sglang_chunk_shapes() -> None:
+    rewriter = ChunkRewriter("client-model")
+    full = {
+        "id": "ab12",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "x",
+        "choices": [
+            {
+                "index": 0,
+                "delta": {
+                    "role": None,
+                    "content": "hi",
+                    "reasoning_content": None,
+                    "tool_calls": None,
+                },
+                "logprobs": None,
+                "finish_reason": None,
+                "matched_stop": None,
+            }
+        ],
+        "usage": None,
+    }
+    compact = {
+        "id": "ab12",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "x",
+        "choices": [{"index": 0, "delta": {"content": "yo", "reasoning_content": None}}],
+    }
+    one = orjson.loads(rewriter.rewrite(orjson.dumps(full)))
+    two = orjson.loads(rewriter.rewrite(orjson.dumps(compact)))
+    assert one["id"] == two["id"] == "chatcmpl-ab12"
+    assert one["model"] == two["model"] == "client-model"
+    assert one["choices"][0]["delta"] == {"content": "hi"}
+    assert two["choices"][0]["delta"] == {"content": "yo"}
+    assert "matched_stop" not in one["choices"][0]
+
+
+def test_ids_already_prefixed_are_kept() -> None:
+    body = orjson.dumps(
+        {
+            "id": "chatcmpl-9",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "x", "reasoning_content": "kept"},
+                }
+            ],
+        }
+    )
+    out = orjson.loads(rewrite_completion(body, "m"))
+    assert out["id"] == "chatcmpl-9"
+    assert out["choices"][0]["message"]["reasoning_content"] == "kept"
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected", "client_status"),
+    [
+        (
+            400,
+            b'{"object":"error","message":"bad","type":"BadRequestError","code":400}',
+            UpstreamRejected,
+            400,
+        ),
+        (401, b'{"error": "Unauthorized"}', UpstreamBadResponse, 502),
+        (403, b'{"error": "Forbidden"}', UpstreamBadResponse, 502),
+        (404, b'{"detail":"Not Found"}', UpstreamBadResponse, 502),
+        (429, b"", RateLimited, 429),
+        (
+            500,
+            b'{"object":"error","message":"Traceback ... ValueError: boom","code":500}',
+            UpstreamFailed,
+            500,
+        ),
+        (502, b"<html>", UpstreamBadResponse, 502),
+        (503, b"", UpstreamUnavailable, 503),
+    ],
+)
+def test_error_for_status(status: int, body: bytes, expected: type, client_status: int) -> None:
+    error = error_for_status(status, body, retry_after=3)
+    assert isinstance(error, expected)
+    assert error.status_code == client_status
+    assert "Traceback" not in error.message
+    if client_status in (429, 503):
+        assert error.headers["Retry-After"] == "3"
+
+
+def test_error_events() -> None:
+    overload = error_from_event(
+        {"message": "queue full", "type": "SERVICE_UNAVAILABLE", "code": 503}
+    )
+    assert isinstance(overload, UpstreamUnavailable)
+    assert isinstance(error_from_event("nonsense"), UpstreamBadResponse)
+    assert isinstance(error_from_event({"message": "x", "code": "weird"}), UpstreamFailed)
