@@ -90,6 +90,42 @@ class Settings(BaseSettings):
     # --- images (issue 3: images.py, media_fetch.py) ---------------------------------------
 
     # --- model download and deployment (issue 5: download_model.py) ---------------------------
+    hf_token: SecretStr | None = Field(
+        None,
+        description=(
+            "Hugging Face token (HF_TOKEN) of an account that accepted the Gemma 3n licence; "
+            "used by download_model.py only, never sent to SGLang or to clients."
+        ),
+    )
+    hf_endpoint: str | None = Field(
+        None,
+        description="Hub URL (HF_ENDPOINT) for a mirror; empty means huggingface_hub's default.",
+    )
+    model_repo: str = Field(
+        "google/gemma-3n-E4B-it",
+        min_length=1,
+        description="Hugging Face repo id that download_model.py fetches and SGLang loads.",
+    )
+    model_revision: str = Field(
+        "main",
+        min_length=1,
+        description="Branch, tag or 40-hex commit of MODEL_REPO; pin a commit in production.",
+    )
+    model_cache_dir: str | None = Field(
+        None,
+        description=(
+            "Hugging Face hub cache to download into (default: huggingface_hub's, $HF_HOME/hub); "
+            "SGLang must read the same cache."
+        ),
+    )
+    model_local_dir: str | None = Field(
+        None,
+        description="Plain folder to download into instead of the cache (SGLang --model-path DIR).",
+    )
+    model_include: str = Field(
+        "",
+        description="Comma-separated globs of repo files to fetch; empty fetches every file.",
+    )
 
     @field_validator("sglang_url")
     @classmethod
