@@ -88,6 +88,82 @@ class Settings(BaseSettings):
     )
 
     # --- images (issue 3: images.py, media_fetch.py) ---------------------------------------
+    max_image_bytes: int = Field(
+        20 * 1024 * 1024,
+        ge=1024,
+        description="Largest encoded image accepted, in bytes (decoded data: URL or fetched body).",
+    )
+    max_image_pixels: int = Field(
+        50_000_000,
+        ge=1,
+        description=(
+            "Largest width x height accepted, checked from the header before decoding "
+            "(decompression bombs). 50 MP covers 48/50 MP phone sensors."
+        ),
+    )
+    max_images_per_request: int = Field(
+        16, ge=1, description="Most image parts in one chat request (Gemma 3n: 256 tokens each)."
+    )
+    image_max_side: int = Field(
+        768,
+        ge=32,
+        le=4096,
+        description="Longer side images are downscaled to; Gemma 3n sees every image as 768x768.",
+    )
+    image_jpeg_quality: int = Field(
+        90, ge=1, le=95, description="JPEG quality of the prepared image sent to SGLang."
+    )
+    image_cache_entries: int = Field(
+        256,
+        ge=0,
+        description="Prepared images kept in memory for repeats (multi-turn chats); 0 disables.",
+    )
+    image_cache_ttl: float = Field(
+        300.0,
+        ge=0,
+        description=(
+            "Seconds a fetched URL's prepared image is reused without fetching again (capped by "
+            "the response's Cache-Control); 0 fetches every time."
+        ),
+    )
+    media_fetch_connect_timeout: float = Field(
+        5.0, gt=0, description="Seconds to connect to a host serving an image URL."
+    )
+    media_fetch_timeout: float = Field(
+        20.0,
+        gt=0,
+        description="Seconds one URL fetch may take in total: DNS, redirects, body.",
+    )
+    media_fetch_max_redirects: int = Field(
+        3, ge=0, le=10, description="Redirects followed per URL; every hop is checked again."
+    )
+    media_allow_private_addresses: bool = Field(
+        False,
+        description=(
+            "Fetch URLs that resolve to loopback, private, link-local, multicast or reserved "
+            "addresses. Unsafe (server-side request forgery); for tests and closed networks."
+        ),
+    )
+    media_allowed_networks: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Non-public networks (CIDR) that may still be fetched from, as JSON: "
+            "'[\"10.1.2.0/24\"]' (an internal image store) without allowing every private address."
+        ),
+    )
+    media_allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description=(
+            'Only these hosts are fetched from, as JSON: \'["img.example.com", '
+            '"*.cdn.example.com"]\'; empty allows every public host.'
+        ),
+    )
+    media_workers: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="Images decoded and resized at once (worker processes); 0 = one per CPU core.",
+    )
 
     # --- model download and deployment (issue 5: download_model.py) ---------------------------
     hf_token: SecretStr | None = Field(
@@ -125,6 +201,68 @@ class Settings(BaseSettings):
     model_include: str = Field(
         "",
         description="Comma-separated globs of repo files to fetch; empty fetches every file.",
+    )
+
+    # --- audio (issue 4: audio.py, whisper_asr.py) ---------------------------------------------
+    enable_audio: bool = Field(
+        True, description="Accept audio content parts; false answers them with a clear 400."
+    )
+    audio_mode: Literal["auto", "native", "whisper"] = Field(
+        "auto",
+        description=(
+            "native: Gemma 3n hears the audio as 16 kHz WAV clips of at most 30 s; whisper: the "
+            "gateway sends a Whisper transcript instead; auto: native when SGLang reports audio "
+            "understanding and the audio fits MAX_NATIVE_AUDIO_SECONDS, else Whisper if installed."
+        ),
+    )
+    max_audio_bytes: int = Field(
+        25 * 1024 * 1024,
+        ge=1,
+        description="Largest audio part in bytes (after base64 decoding or download).",
+    )
+    max_audio_seconds: float = Field(
+        600.0,
+        gt=0,
+        le=4 * 3600,
+        description="Most seconds of audio one request may carry, all parts together.",
+    )
+    max_native_audio_seconds: float = Field(
+        300.0,
+        gt=0,
+        le=4 * 3600,
+        description=(
+            "In auto mode, the longest audio sent to Gemma 3n natively (as 30 s clips of 188 "
+            "tokens each); longer audio goes to Whisper."
+        ),
+    )
+    audio_workers: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Audio parts decoded and resampled at once (threads, about a core each).",
+    )
+    whisper_model: str = Field(
+        "base",
+        min_length=1,
+        description=(
+            "Whisper model: an official name (tiny, base, small, medium, large-v3, turbo, "
+            "*.en) looked up in WHISPER_DOWNLOAD_ROOT, or the path of a checkpoint file."
+        ),
+    )
+    whisper_device: str = Field(
+        "cpu",
+        pattern=r"^(cpu|cuda(:\d+)?)$",
+        description="PyTorch device for Whisper: cpu, cuda or cuda:N (the GPU is mostly SGLang's).",
+    )
+    whisper_download_root: str | None = Field(
+        None,
+        description="Folder of downloaded Whisper checkpoints; default Whisper's ~/.cache/whisper.",
+    )
+    whisper_concurrency: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="Transcriptions run at once; each one holds its own copy of the model.",
     )
 
     @field_validator("sglang_url")

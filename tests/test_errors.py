@@ -263,7 +263,8 @@ def test_upstream_rejecting_the_gateways_key_is_502(
         good = make_gateway(sglang_api_key="right-key")
         with httpx.Client(base_url=good.url, timeout=10) as http:
             assert http.post(CHAT, json={"model": MODEL, "messages": HELLO}).status_code == 200
-        assert fake.requests[-1].headers["authorization"] == "Bearer right-key"
+        chats = [r for r in fake.requests if r.path == "/v1/chat/completions"]
+        assert chats[-1].headers["authorization"] == "Bearer right-key"
     finally:
         fake.api_key = None
 
