@@ -26,13 +26,18 @@ from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from audio import AudioDecoder
 from errors import GatewayError, InvalidRequest, ModelNotFound, UpstreamUnavailable, error_body
 from health import BackendMonitor
+from images import ImagePreparer
+from media import MediaPreparer
+from media_fetch import MediaFetcher
 from model_handler import ModelHandler, build_upstream_client
 from request_context import RequestIdMiddleware, configure_logging
 from schemas import ChatCompletionRequest
 from settings import Settings
 from validation import parse_json_body
+from whisper_asr import WhisperTranscriber
 
 logger = logging.getLogger("gateway")
 
@@ -57,14 +62,27 @@ def create_app(
         client = build_upstream_client(settings)
         if transport is not None:
             client._transport = transport  # tests only: same client settings, fake network
-        app.state.handler = ModelHandler(settings, client)
         app.state.monitor = monitor = BackendMonitor(settings, client)
+        fetcher = MediaFetcher(settings)
+        images = ImagePreparer(settings, fetcher)
+        whisper = WhisperTranscriber(settings) if WhisperTranscriber.is_installed() else None
+        media = MediaPreparer(
+            settings,
+            fetcher=fetcher,
+            images=images,
+            audio=AudioDecoder(settings),
+            whisper=whisper,
+            capabilities=lambda: monitor.capabilities,
+        )
+        app.state.handler = ModelHandler(settings, client, media)
         try:
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(monitor.run)
                 yield
                 tasks.cancel_scope.cancel()
         finally:
+            images.close()
+            await fetcher.aclose()
             await client.aclose()
 
     app = FastAPI(

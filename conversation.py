@@ -187,17 +187,21 @@ def _assistant_parts(message: ChatMessage, where: str) -> list[dict[str, Any]]:
 
 
 def _upstream_message(turn: _Turn) -> dict[str, Any]:
-    """Adjacent text parts joined by a blank line; all-text content sent as a plain string.
+    return {"role": turn.role, "content": join_adjacent_text(turn.parts)}
+
+
+def join_adjacent_text(parts: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+    """Adjacent text parts joined by a blank line; all-text content becomes a plain string.
 
     Gemma's template trims each text part and concatenates parts with nothing between them, so
     ["Here is the text:", "Once upon..."] would reach the model as "Here is the text:Once upon...".
     """
     merged: list[dict[str, Any]] = []
-    for part in turn.parts:
+    for part in parts:
         if part["type"] == "text" and merged and merged[-1]["type"] == "text":
             merged[-1] = _text_part(merged[-1]["text"] + TEXT_JOINER + part["text"])
         else:
             merged.append(part)
     if len(merged) == 1 and merged[0]["type"] == "text":
-        return {"role": turn.role, "content": merged[0]["text"]}
-    return {"role": turn.role, "content": merged}
+        return str(merged[0]["text"])
+    return merged

@@ -5,7 +5,8 @@ request or per probe. A background task polls SGLang's cheap `/ready` flag every
 `HEALTH_POLL_INTERVAL` seconds (older builds without `/ready` are asked `/v1/models`, which
 answers once the server is up) and keeps the result; the gateway's `/health` reports it at once.
 A readiness probe that finds SGLang not ready checks again on the spot, so recovery is seen
-without waiting for the next poll.
+without waiting for the next poll. Each time SGLang becomes ready, its `/model_info` is read once
+for what the model can take (`has_image_understanding`, `has_audio_understanding`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,14 @@ class BackendState:
         }
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What the served model understands, from SGLang's `/model_info`; None = not known yet."""
+
+    images: bool | None = None
+    audio: bool | None = None
+
+
 UNKNOWN = BackendState(reachable=False, ready=False, detail="not checked yet", checked_at=None)
 
 
@@ -51,6 +60,7 @@ class BackendMonitor:
         self._client = client
         self._ready_path = "/ready"
         self.state = UNKNOWN
+        self.capabilities = Capabilities()
 
     async def run(self) -> None:
         """Poll until cancelled (by the app's lifespan)."""
@@ -62,6 +72,8 @@ class BackendMonitor:
         """Ask SGLang now, remember and return the answer."""
         previous = self.state
         self.state = await self._probe()
+        if self.state.ready and not previous.ready:
+            self.capabilities = await self._model_capabilities()
         if previous.ready != self.state.ready:
             logger.info(
                 "model server %s: %s",
@@ -93,3 +105,19 @@ class BackendMonitor:
         return BackendState(
             True, False, f"readiness check answered HTTP {response.status_code}", now
         )
+
+    async def _model_capabilities(self) -> Capabilities:
+        for path in ("/model_info", "/get_model_info"):  # the older name first served alone
+            try:
+                response = await self._client.get(path, timeout=self._settings.health_check_timeout)
+                info = response.json() if response.status_code == 200 else None
+            except (httpx.HTTPError, ValueError):
+                continue
+            if isinstance(info, dict):
+                images = info.get("has_image_understanding")
+                audio = info.get("has_audio_understanding")
+                return Capabilities(
+                    images if isinstance(images, bool) else None,
+                    audio if isinstance(audio, bool) else None,
+                )
+        return Capabilities()

@@ -34,6 +34,7 @@ from errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from media import MediaPreparer
 from schemas import ChatCompletionRequest
 from settings import Settings
 from sglang_format import (
@@ -147,9 +148,12 @@ class ChatStream:
 class ModelHandler:
     """Chat completions against SGLang for the one model this gateway serves."""
 
-    def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
+    def __init__(
+        self, settings: Settings, client: httpx.AsyncClient, media: MediaPreparer | None = None
+    ) -> None:
         self._settings = settings
         self._client = client
+        self._media = media
 
     @property
     def model_name(self) -> str:
@@ -162,7 +166,7 @@ class ModelHandler:
 
     async def create_chat_completion(self, request: ChatCompletionRequest) -> bytes:
         """OpenAI's `chat.completion` body for a non-streaming request."""
-        payload = self._upstream_payload(request, stream=False)
+        payload = await self._upstream_payload(request, stream=False)
         response = await self._send(payload)
         try:
             body = await response.aread()
@@ -175,7 +179,7 @@ class ModelHandler:
 
     async def stream_chat_completion(self, request: ChatCompletionRequest) -> ChatStream:
         """A stream positioned after its first event, or the error SGLang answered instead."""
-        payload = self._upstream_payload(request, stream=True)
+        payload = await self._upstream_payload(request, stream=True)
         response = await self._send(payload)
         rewriter = ChunkRewriter(request.model)
         try:
@@ -194,14 +198,15 @@ class ModelHandler:
 
     # --- building the upstream request --------------------------------------------------------
 
-    def _upstream_payload(self, request: ChatCompletionRequest, *, stream: bool) -> bytes:
+    async def _upstream_payload(self, request: ChatCompletionRequest, *, stream: bool) -> bytes:
         self.check_model(request.model)
         _refuse_tool_choice(request)
-        conversation = self._conversation(request)
+        max_tokens = self._max_tokens(request)
+        conversation = await self._conversation(request)
         payload: dict[str, Any] = {
             "model": self._settings.model_name,
             "messages": conversation.messages,
-            "max_tokens": self._max_tokens(request),
+            "max_tokens": max_tokens,
         }
         for name in FORWARDED_FIELDS:
             value = getattr(request, name)
@@ -217,8 +222,13 @@ class ModelHandler:
                 payload["stream_options"] = {"include_usage": True}
         return orjson.dumps(payload)
 
-    def _conversation(self, request: ChatCompletionRequest) -> Conversation:
-        return normalise_conversation(request.messages)
+    async def _conversation(self, request: ChatCompletionRequest) -> Conversation:
+        """Gemma-ready messages, with images and audio prepared (cheap checks come first)."""
+        if self._media is None:
+            return normalise_conversation(request.messages)
+        conversation = normalise_conversation(request.messages, self._media.accepted_kinds)
+        await self._media.prepare(conversation)
+        return conversation
 
     def _max_tokens(self, request: ChatCompletionRequest) -> int:
         # OpenAI's newer name wins, as it does in SGLang.

@@ -162,7 +162,7 @@ class Settings(BaseSettings):
         0,
         ge=0,
         le=64,
-        description="Images decoded and resized at once (worker processes); 0 = one per CPU core.",
+        description="Images decoded and resized at once (threads); 0 = one per CPU core.",
     )
 
     # --- model download and deployment (issue 5: download_model.py) ---------------------------
