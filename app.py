@@ -24,10 +24,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
+from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from audio import AudioDecoder
-from errors import GatewayError, InvalidRequest, ModelNotFound, UpstreamUnavailable, error_body
+from errors import (
+    GatewayError,
+    InvalidRequest,
+    ModelNotFound,
+    PayloadTooLarge,
+    UpstreamUnavailable,
+    error_body,
+)
 from health import BackendMonitor
 from images import ImagePreparer
 from media import MediaPreparer
@@ -36,6 +44,8 @@ from model_handler import ModelHandler, build_upstream_client
 from request_context import RequestIdMiddleware, configure_logging
 from schemas import ChatCompletionRequest
 from settings import Settings
+from transcript_formats import Task
+from transcription import TranscriptionService, parse_transcription_form
 from validation import parse_json_body
 from whisper_asr import WhisperTranscriber
 
@@ -44,6 +54,7 @@ logger = logging.getLogger("gateway")
 T = TypeVar("T")
 
 MODEL_OWNER = "google"
+UPLOAD_FORM_OVERHEAD = 1 << 20  # multipart framing and the text fields around the file
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for "the client went away"; nobody receives it
 
 
@@ -66,15 +77,19 @@ def create_app(
         fetcher = MediaFetcher(settings)
         images = ImagePreparer(settings, fetcher)
         whisper = WhisperTranscriber(settings) if WhisperTranscriber.is_installed() else None
+        decoder = AudioDecoder(settings)
         media = MediaPreparer(
             settings,
             fetcher=fetcher,
             images=images,
-            audio=AudioDecoder(settings),
+            audio=decoder,
             whisper=whisper,
             capabilities=lambda: monitor.capabilities,
         )
-        app.state.handler = ModelHandler(settings, client, media)
+        app.state.handler = handler = ModelHandler(settings, client, media)
+        app.state.transcription = TranscriptionService(
+            settings, decoder, whisper, handler.transcribe_clip
+        )
         try:
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(monitor.run)
@@ -128,6 +143,14 @@ def _add_routes(app: FastAPI) -> None:
         completion = await _until_disconnect(request, handler.create_chat_completion(chat))
         return Response(completion, media_type="application/json")
 
+    @app.post("/v1/audio/transcriptions")
+    async def transcriptions(request: Request) -> Response:
+        return await _transcribe(request, "transcribe")
+
+    @app.post("/v1/audio/translations")
+    async def translations(request: Request) -> Response:
+        return await _transcribe(request, "translate")
+
     @app.get("/v1/models")
     async def list_models(request: Request) -> Response:
         return _json({"object": "list", "data": [_model_card(request.app)]})
@@ -156,6 +179,46 @@ def _add_routes(app: FastAPI) -> None:
             f"The model server is not ready: {state.detail}.",
             retry_after=settings.retry_after_seconds,
         )
+
+
+async def _transcribe(request: Request, task: Task) -> Response:
+    """OpenAI's multipart transcription/translation request, answered in the asked format."""
+    settings: Settings = request.app.state.settings
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type != "multipart/form-data":
+        raise InvalidRequest(
+            "Send the audio as multipart/form-data with a 'file' field.",
+            code="invalid_content_type",
+        )
+    # The form parser spools the upload without a size cap of its own: refuse a declared
+    # oversize body before reading any of it (the service checks the file's real size).
+    limit = settings.max_audio_bytes + UPLOAD_FORM_OVERHEAD
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(
+            f"The upload is larger than the {settings.max_audio_bytes}-byte limit.", param="file"
+        )
+    async with request.form(max_files=1, max_fields=20) as form:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise InvalidRequest("Missing required parameter: 'file'.", param="file")
+        fields: dict[str, str | list[str]] = {}
+        for name, value in form.multi_items():
+            if isinstance(value, str):
+                previous = fields.get(name)
+                fields[name] = value if previous is None else [*_as_list(previous), value]
+        transcription_request = parse_transcription_form(fields, task=task)
+        audio = await upload.read()
+        filename = upload.filename
+    service: TranscriptionService = request.app.state.transcription
+    body, body_type = await _until_disconnect(
+        request, service.transcribe(audio, filename, transcription_request)
+    )
+    return Response(body, media_type=body_type)
+
+
+def _as_list(value: str | list[str]) -> list[str]:
+    return value if isinstance(value, list) else [value]
 
 
 def _model_card(app: FastAPI) -> dict[str, Any]:

@@ -167,15 +167,46 @@ class ModelHandler:
     async def create_chat_completion(self, request: ChatCompletionRequest) -> bytes:
         """OpenAI's `chat.completion` body for a non-streaming request."""
         payload = await self._upstream_payload(request, stream=False)
+        return rewrite_completion(await self._complete(payload), request.model)
+
+    async def transcribe_clip(
+        self, clip_url: str, language: str | None, instruction: str, temperature: float
+    ) -> str:
+        """Gemma 3n's transcript of one audio clip of at most 30 s (a WAV `data:` URL).
+
+        `language` is already part of `instruction`; the transcription service passes it for
+        the log only.
+        """
+        logger.debug("transcribing a clip with Gemma (language hint: %s)", language)
+        payload = {
+            "model": self._settings.model_name,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": instruction},
+                        {"type": "audio_url", "audio_url": {"url": clip_url}},
+                    ],
+                }
+            ],
+            "max_tokens": self._settings.default_max_tokens,
+            "temperature": temperature,
+        }
+        completion = orjson.loads(
+            rewrite_completion(await self._complete(orjson.dumps(payload)), self.model_name)
+        )
+        return str(completion["choices"][0]["message"].get("content") or "")
+
+    async def _complete(self, payload: bytes) -> bytes:
+        """SGLang's whole non-streaming response body."""
         response = await self._send(payload)
         try:
-            body = await response.aread()
+            return await response.aread()
         except httpx.HTTPError as exc:
             raise _map_transport_error(exc) from exc
         finally:
             with anyio.CancelScope(shield=True):
                 await response.aclose()
-        return rewrite_completion(body, request.model)
 
     async def stream_chat_completion(self, request: ChatCompletionRequest) -> ChatStream:
         """A stream positioned after its first event, or the error SGLang answered instead."""
