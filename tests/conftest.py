@@ -8,21 +8,25 @@ assert on what the gateway forwarded (`fake.chat_requests`), not only on what ca
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
 import uvicorn
+import whisper_factory
 from fake_sglang import FakeSGLang
 
 from app import create_app
 from settings import Settings
+from whisper_asr import WhisperTranscriber
 
 MODEL = "google/gemma-3n-E4B-it"
 
@@ -135,6 +139,15 @@ def client(gateway: ServerThread) -> Iterator[openai.OpenAI]:
         base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0, timeout=15
     ) as sdk:
         yield sdk
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not WhisperTranscriber.is_installed() and os.environ.get("CI") != "true":
+        pytest.skip("openai-whisper is not installed (pip install -r requirements-whisper.txt)")
+    # A tiny random checkpoint: the real loading code runs, nothing is downloaded.
+    whisper_factory.warm_whisper_tokenizers()
+    return whisper_factory.build_tiny_checkpoint(tmp_path_factory.mktemp("whisper") / "tiny.pt")
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 import wave
 from collections.abc import Callable
 from pathlib import Path
@@ -14,14 +13,12 @@ import httpx
 import image_factory
 import openai
 import pytest
-import whisper_factory
 from conftest import MODEL, ServerThread
 from fake_sglang import FakeSGLang
 from local_http import serve, static
 from PIL import Image
 
 from media import TRANSCRIPT_LABEL
-from whisper_asr import WhisperTranscriber
 
 CHAT = "/v1/chat/completions"
 
@@ -206,14 +203,6 @@ def test_audio_disabled_is_a_clear_400(
         response = http.post(CHAT, json=_audio_body(wav, "wav"))
     assert response.status_code == 400
     assert "not enabled" in response.json()["error"]["message"]
-
-
-@pytest.fixture(scope="module")
-def tiny_whisper(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not WhisperTranscriber.is_installed() and os.environ.get("CI") != "true":
-        pytest.skip("openai-whisper is not installed (pip install -r requirements-whisper.txt)")
-    whisper_factory.warm_whisper_tokenizers()
-    return whisper_factory.build_tiny_checkpoint(tmp_path_factory.mktemp("whisper") / "tiny.pt")
 
 
 def test_whisper_mode_sends_a_marked_transcript(

@@ -3,7 +3,6 @@ Gemma 3n (clips to the fake SGLang) and local Whisper (a tiny checkpoint), every
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,21 +10,10 @@ import audio_factory
 import httpx
 import openai
 import pytest
-import whisper_factory
 from conftest import MODEL, ServerThread
 from fake_sglang import FakeSGLang
 
-from whisper_asr import WhisperTranscriber
-
 REPLY = "Hello from the fake SGLang."
-
-
-@pytest.fixture(scope="module")
-def tiny_whisper(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not WhisperTranscriber.is_installed() and os.environ.get("CI") != "true":
-        pytest.skip("openai-whisper is not installed (pip install -r requirements-whisper.txt)")
-    whisper_factory.warm_whisper_tokenizers()
-    return whisper_factory.build_tiny_checkpoint(tmp_path_factory.mktemp("whisper") / "tiny.pt")
 
 
 @pytest.fixture(scope="module")
