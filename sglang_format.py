@@ -4,7 +4,8 @@ SGLang's differences (see ../shared/SGLANG.md) and what becomes of them:
 
 - ids are bare hex: prefixed with `chatcmpl-`; `model` is set to the name the client asked for;
 - `matched_stop` in every choice, and null `reasoning_content` / `tool_calls` / `role` in messages
-  and deltas: dropped (a non-null `reasoning_content` is kept);
+  and deltas: dropped (a non-null `reasoning_content` is kept); so are SGLang's top-level
+  `metadata` (`weight_version`) and `usage.reasoning_tokens`;
 - `finish_reason: "abort"` (SGLang gave up on the request): an error, not a silently short answer;
 - flat error bodies `{"object": "error", "message", "type", "param", "code": <int>}`, plain-string
   auth errors and 500s carrying exception text: typed `errors` with OpenAI's body, status decided by
@@ -50,6 +51,8 @@ def rewrite_completion(body: bytes, model: str) -> bytes:
         raise UpstreamBadResponse("The model server sent a response without id or choices.")
     completion["id"] = openai_id(completion["id"])
     completion["model"] = model
+    completion.pop("metadata", None)
+    _clean_usage(completion.get("usage"))
     for choice in choices:
         choice.pop("matched_stop", None)
         _raise_if_aborted(choice)
@@ -77,6 +80,7 @@ class ChunkRewriter:
             self._id = openai_id(chunk.get("id"))
         chunk["id"] = self._id
         chunk["model"] = self._model
+        _clean_usage(chunk.get("usage"))
         for choice in chunk.get("choices") or ():
             choice.pop("matched_stop", None)
             _raise_if_aborted(choice)
@@ -199,6 +203,11 @@ def _load_object(data: bytes) -> dict[str, Any]:
 def _raise_if_aborted(choice: dict[str, Any]) -> None:
     if choice.get("finish_reason") == "abort":
         raise UpstreamFailed("The model server aborted the generation before it finished.")
+
+
+def _clean_usage(usage: object) -> None:
+    if isinstance(usage, dict):
+        usage.pop("reasoning_tokens", None)  # OpenAI nests it in completion_tokens_details
 
 
 def _drop_nulls(mapping: dict[str, Any], keys: tuple[str, ...]) -> None:

@@ -35,6 +35,8 @@ def test_non_streaming_completion_is_openai_shaped(client: openai.OpenAI, fake: 
         completion.usage.prompt_tokens + completion.usage.completion_tokens
     )
     raw = completion.model_dump()
+    assert "metadata" not in raw
+    assert "reasoning_tokens" not in raw["usage"]
     assert "matched_stop" not in raw["choices"][0]
     assert "reasoning_content" not in raw["choices"][0]["message"]
 
@@ -60,6 +62,7 @@ def test_streaming_chunks_are_openai_shaped(client: openai.OpenAI, fake: FakeSGL
     assert usage_chunk.choices == []
     assert usage_chunk.usage is not None
     assert usage_chunk.usage.completion_tokens == len(fake.reply_tokens)
+    assert "reasoning_tokens" not in usage_chunk.usage.model_dump()
     # The token counts are SGLang's, passed through, never estimated by the gateway.
     assert fake.chat_requests[-1]["stream_options"] == {"include_usage": True}
 
