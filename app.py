@@ -22,10 +22,13 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
 from sse_starlette import EventSourceResponse
+from sse_starlette.sse import AppStatus
 from starlette.background import BackgroundTask
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
 
 from audio import AudioDecoder
 from errors import (
@@ -33,14 +36,17 @@ from errors import (
     InvalidRequest,
     ModelNotFound,
     PayloadTooLarge,
+    UpstreamError,
     UpstreamUnavailable,
     error_body,
 )
+from guards import Draining, FrontDoor, load_api_keys
 from health import BackendMonitor
 from images import ImagePreparer
 from media import MediaPreparer
 from media_fetch import MediaFetcher
-from model_handler import ModelHandler, build_upstream_client
+from metrics import Metrics, MetricsMiddleware
+from model_handler import ModelHandler, build_upstream_client, end_streams_for_shutdown
 from request_context import RequestIdMiddleware, configure_logging
 from schemas import ChatCompletionRequest
 from settings import Settings
@@ -55,7 +61,8 @@ T = TypeVar("T")
 
 MODEL_OWNER = "google"
 UPLOAD_FORM_OVERHEAD = 1 << 20  # multipart framing and the text fields around the file
-CLIENT_CLOSED_REQUEST = 499  # nginx's status for "the client went away"; nobody receives it
+CLIENT_CLOSED_REQUEST = 499
+SHUTDOWN_MARGIN_SECONDS = 5.0  # nginx's status for "the client went away"; nobody receives it
 
 
 class ClientDisconnected(Exception):
@@ -85,14 +92,17 @@ def create_app(
             audio=decoder,
             whisper=whisper,
             capabilities=lambda: monitor.capabilities,
+            metrics=metrics,
         )
-        app.state.handler = handler = ModelHandler(settings, client, media)
+        app.state.handler = handler = ModelHandler(settings, client, media, metrics)
+        _warn_if_open(settings)
         app.state.transcription = TranscriptionService(
             settings, decoder, whisper, handler.transcribe_clip
         )
         try:
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(monitor.run)
+                tasks.start_soon(_drain_on_exit, app.state.draining, handler, settings)
                 yield
                 tasks.cancel_scope.cancel()
         finally:
@@ -109,9 +119,33 @@ def create_app(
     )
     app.state.settings = settings
     app.state.started_at = int(time.time())
-    app.add_middleware(RequestIdMiddleware)
+    app.state.draining = draining = Draining()
+    app.state.metrics = metrics = Metrics()
     _add_error_handlers(app)
     _add_routes(app)
+    # Added innermost first. Outermost to innermost: CORS (preflights need no key), request id
+    # and access line, metrics (they count what the front door refuses too), front door, app.
+    app.add_middleware(FrontDoor, settings=settings, draining=draining)
+    app.add_middleware(
+        MetricsMiddleware,
+        metrics=metrics,
+        routes=[route.path for route in app.routes if isinstance(route, APIRoute)],
+    )
+    app.add_middleware(RequestIdMiddleware)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "X-Request-ID",
+                "OpenAI-*",
+                "X-Stainless-*",
+            ],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
     return app
 
 
@@ -139,6 +173,10 @@ def _add_routes(app: FastAPI) -> None:
                 sep="\n",
                 background=BackgroundTask(stream.aclose),
                 headers={"Cache-Control": "no-cache"},
+                # sse-starlette's own SIGTERM handling must outlast ours (_drain_on_exit), which
+                # ends each stream with an error event and [DONE] rather than cutting it.
+                shutdown_grace_period=request.app.state.settings.shutdown_grace_seconds
+                + SHUTDOWN_MARGIN_SECONDS,
             )
         completion = await _until_disconnect(request, handler.create_chat_completion(chat))
         return Response(completion, media_type="application/json")
@@ -161,6 +199,12 @@ def _add_routes(app: FastAPI) -> None:
             raise ModelNotFound(model_id, param=None)
         return _json(_model_card(request.app))
 
+    @app.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        """Prometheus metrics (behind a key when PROTECT_HEALTH_AND_METRICS is set)."""
+        body, content_type = request.app.state.metrics.render()
+        return Response(body, media_type=content_type)
+
     @app.get("/health")
     async def health(request: Request) -> Response:
         """Liveness: answers at once with the last known state of SGLang."""
@@ -171,13 +215,44 @@ def _add_routes(app: FastAPI) -> None:
     async def ready(request: Request) -> Response:
         """Readiness: 200 only while SGLang is ready to generate."""
         monitor: BackendMonitor = request.app.state.monitor
+        settings: Settings = request.app.state.settings
+        if request.app.state.draining.active:
+            raise UpstreamUnavailable(
+                "The gateway is shutting down.", retry_after=settings.retry_after_seconds
+            )
         state = monitor.state if monitor.state.ready else await monitor.check()
         if state.ready:
             return _json({"status": "ready", "backend": state.as_json()})
-        settings: Settings = request.app.state.settings
         raise UpstreamUnavailable(
             f"The model server is not ready: {state.detail}.",
             retry_after=settings.retry_after_seconds,
+        )
+
+
+async def _drain_on_exit(draining: Draining, handler: ModelHandler, settings: Settings) -> None:
+    """On SIGTERM: refuse new work at once, let streams finish within the grace, then end them.
+
+    sse-starlette patches uvicorn's exit handler to set `AppStatus.should_exit`, under
+    `python app.py` and the uvicorn CLI alike; a cheap poll of that flag is the signal.
+    """
+    while not AppStatus.should_exit:  # noqa: ASYNC110 - a library's flag, there is no event
+        await anyio.sleep(0.1)
+    draining.active = True
+    logger.info("shutting down: draining for up to %gs", settings.shutdown_grace_seconds)
+    with anyio.move_on_after(settings.shutdown_grace_seconds):
+        while handler.open_streams:  # noqa: ASYNC110 - streams end on their own schedule
+            await anyio.sleep(0.1)
+    if handler.open_streams:
+        logger.warning("ending %d streams still open after the grace", len(handler.open_streams))
+        await end_streams_for_shutdown(handler)
+
+
+def _warn_if_open(settings: Settings) -> None:
+    if not load_api_keys(settings) and settings.host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning(
+            "no API keys are configured and the gateway listens on %s: anyone who can reach "
+            "it can use the model (set API_KEYS or API_KEYS_FILE)",
+            settings.host,
         )
 
 
@@ -265,6 +340,8 @@ async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
 def _add_error_handlers(app: FastAPI) -> None:
     async def gateway_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, GatewayError)
+        if isinstance(exc, UpstreamError):
+            request.app.state.metrics.upstream_error(type(exc).__name__)
         level = logging.WARNING if exc.status_code >= 500 else logging.INFO
         logger.log(level, "%d %s: %s", exc.status_code, exc.error_type, exc.message)
         return _json(exc.body(), exc.status_code, exc.headers)
@@ -308,6 +385,10 @@ def main() -> None:
         log_config=None,
         log_level=settings.log_level,
         access_log=False,  # RequestIdMiddleware writes the access line, with the request id
+        # Streams get SHUTDOWN_GRACE_SECONDS, then an error event; uvicorn must wait for that.
+        timeout_graceful_shutdown=int(
+            settings.shutdown_grace_seconds + 2 * SHUTDOWN_MARGIN_SECONDS
+        ),
         loop="uvloop",
         http="httptools",
     )

@@ -9,6 +9,7 @@ response in one place (`app.py`). Each class fixes the HTTP status and OpenAI's 
     ├── AuthenticationFailed             (401, invalid_request_error, code invalid_api_key)
     ├── NotFound                         (404, invalid_request_error, code not_found)
     │   └── ModelNotFound                (404, code model_not_found)
+    ├── RequestTimeout                   (408, invalid_request_error, code request_timeout)
     ├── PayloadTooLarge                  (413, invalid_request_error, code payload_too_large)
     ├── RateLimited                      (429, rate_limit_exceeded; Retry-After)
     └── UpstreamError                    (base of everything SGLang did wrong)
@@ -91,6 +92,14 @@ class ModelNotFound(NotFound):
         super().__init__(
             f"The model `{model}` does not exist or you do not have access to it.", param=param
         )
+
+
+class RequestTimeout(GatewayError):
+    """The client took too long to send its request body."""
+
+    status_code = 408
+    error_type = "invalid_request_error"
+    default_code = "request_timeout"
 
 
 class PayloadTooLarge(GatewayError):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import binascii
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -38,6 +39,7 @@ from errors import GatewayError, InvalidRequest, UnsupportedContent
 from health import Capabilities
 from images import ImagePreparer
 from media_fetch import MediaFetcher
+from metrics import Metrics
 from settings import Settings
 from whisper_asr import WhisperTranscriber
 
@@ -60,6 +62,7 @@ class MediaPreparer:
         audio: AudioDecoder,
         whisper: WhisperTranscriber | None,
         capabilities: Callable[[], Capabilities],
+        metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
         self._fetcher = fetcher
@@ -67,6 +70,7 @@ class MediaPreparer:
         self._audio = audio
         self._whisper = whisper
         self._capabilities = capabilities
+        self._metrics = metrics
         kinds = {"image_url"}
         if settings.enable_audio:
             kinds |= {"input_audio", "audio_url"}
@@ -83,10 +87,17 @@ class MediaPreparer:
             self._check_images(images, capabilities)
         jobs: list[Callable[[], Awaitable[Any]]] = [self._image_job(p) for p in images]
         jobs += [self._audio_job(p) for p in sounds]
+        started = time.perf_counter()
         results = await _gather(jobs)
+        seconds = time.perf_counter() - started
         image_urls, decoded = results[: len(images)], results[len(images) :]
         for part, url in zip(images, image_urls, strict=True):
             part.part["image_url"] = {"url": url}
+        if self._metrics is not None:
+            # Prepared concurrently, so both kinds are charged the same wall time.
+            self._metrics.images_prepared(len(images), seconds)
+            audio_seconds = sum(sound.duration for sound in decoded)
+            self._metrics.audio_prepared(len(sounds), seconds, audio_seconds)
         if sounds:
             replacements = await self._audio_replacements(sounds, decoded, capabilities)
             for part, new_parts in zip(sounds, replacements, strict=True):

@@ -16,6 +16,7 @@ covers a pooled connection that SGLang closed as the request was written.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -35,6 +36,8 @@ from errors import (
     UpstreamUnavailable,
 )
 from media import MediaPreparer
+from metrics import Metrics
+from request_context import request_facts_var
 from schemas import ChatCompletionRequest
 from settings import Settings
 from sglang_format import (
@@ -106,9 +109,10 @@ def build_upstream_client(settings: Settings) -> httpx.AsyncClient:
 class ChatStream:
     """An SGLang stream whose first event is already read; iterate it for OpenAI's SSE frames.
 
-    Iteration ends with `data: [DONE]`, after an error event if SGLang failed mid-stream, and closes
-    the upstream response however it ends (completion, error, cancellation by a disconnect).
-    `aclose` may be called any number of times, also before iteration starts.
+    Iteration ends with `data: [DONE]`, after an error event if SGLang failed mid-stream or the
+    gateway ended the stream for shutdown (`end_for_shutdown`), and closes the upstream response
+    however it ends (completion, error, cancellation by a disconnect). `aclose` may be called any
+    number of times, also before iteration starts.
     """
 
     def __init__(
@@ -117,28 +121,54 @@ class ChatStream:
         events: AsyncIterator[bytes],
         first_frame: bytes,
         rewriter: ChunkRewriter,
+        handler: ModelHandler,
     ) -> None:
         self._response = response
         self._events = events
         self._first_frame = first_frame
         self._rewriter = rewriter
+        self._handler = handler
+        self._ending = False
+        self._closed = False
+        handler.open_streams.add(self)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
             yield self._first_frame
             rewrite = self._rewriter.rewrite
+            error: GatewayError | None = None
             try:
                 async for data in self._events:
-                    yield b"data: " + rewrite(data) + b"\n\n"
+                    frame = rewrite(data)
+                    if frame is not None:
+                        yield b"data: " + frame + b"\n\n"
             except GatewayError as exc:
-                yield stream_error_frame(exc)
-            except httpx.HTTPError as exc:
-                yield stream_error_frame(_map_transport_error(exc))
+                error = exc
+            except Exception as exc:
+                if not (self._ending or isinstance(exc, httpx.HTTPError)):
+                    raise
+                error = _map_transport_error(exc) if isinstance(exc, httpx.HTTPError) else None
+            if self._ending:
+                error = UpstreamUnavailable(
+                    "The gateway is shutting down; the response was cut short.", retry_after=1
+                )
+            if error is not None:
+                self._handler.record_error(error)
+                yield stream_error_frame(error)
             yield DONE_FRAME
         finally:
             await self.aclose()
 
+    async def end_for_shutdown(self) -> None:
+        """Cut the stream short: its iteration ends with an error event and `[DONE]`."""
+        self._ending = True
+        await self.aclose()
+
     async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._handler.open_streams.discard(self)
+            self._handler.record_usage(self._rewriter.usage)
         # Shielded: on a client disconnect this runs inside a cancelled scope, and closing the
         # upstream connection is exactly what makes SGLang stop generating.
         with anyio.CancelScope(shield=True):
@@ -149,11 +179,17 @@ class ModelHandler:
     """Chat completions against SGLang for the one model this gateway serves."""
 
     def __init__(
-        self, settings: Settings, client: httpx.AsyncClient, media: MediaPreparer | None = None
+        self,
+        settings: Settings,
+        client: httpx.AsyncClient,
+        media: MediaPreparer | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
         self._client = client
         self._media = media
+        self._metrics = metrics
+        self.open_streams: set[ChatStream] = set()
 
     @property
     def model_name(self) -> str:
@@ -167,7 +203,9 @@ class ModelHandler:
     async def create_chat_completion(self, request: ChatCompletionRequest) -> bytes:
         """OpenAI's `chat.completion` body for a non-streaming request."""
         payload = await self._upstream_payload(request, stream=False)
-        return rewrite_completion(await self._complete(payload), request.model)
+        body, usage = rewrite_completion(await self._complete(payload), request.model)
+        self.record_usage(usage)
+        return body
 
     async def transcribe_clip(
         self, clip_url: str, language: str | None, instruction: str, temperature: float
@@ -192,9 +230,11 @@ class ModelHandler:
             "max_tokens": self._settings.default_max_tokens,
             "temperature": temperature,
         }
-        completion = orjson.loads(
-            rewrite_completion(await self._complete(orjson.dumps(payload)), self.model_name)
+        body, usage = rewrite_completion(
+            await self._complete(orjson.dumps(payload)), self.model_name
         )
+        self.record_usage(usage)
+        completion = orjson.loads(body)
         return str(completion["choices"][0]["message"].get("content") or "")
 
     async def _complete(self, payload: bytes) -> bytes:
@@ -210,13 +250,18 @@ class ModelHandler:
 
     async def stream_chat_completion(self, request: ChatCompletionRequest) -> ChatStream:
         """A stream positioned after its first event, or the error SGLang answered instead."""
+        started = time.perf_counter()
         payload = await self._upstream_payload(request, stream=True)
         response = await self._send(payload)
-        rewriter = ChunkRewriter(request.model)
+        options = request.stream_options
+        rewriter = ChunkRewriter(
+            request.model, forward_usage=bool(options is not None and options.include_usage)
+        )
         try:
             events = iter_sse_data(response.aiter_raw())
-            first = await anext(events)
-            first_frame = b"data: " + rewriter.rewrite(first) + b"\n\n"
+            first_frame = b""
+            while not first_frame:  # the first chunk the client is meant to see
+                first_frame = _frame(rewriter.rewrite(await anext(events)))
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 await response.aclose()
@@ -225,13 +270,40 @@ class ModelHandler:
             if isinstance(exc, StopAsyncIteration):
                 raise UpstreamBadResponse("The model server's stream was empty.") from None
             raise
-        return ChatStream(response, events, first_frame, rewriter)
+        self._record_ttft(time.perf_counter() - started)
+        return ChatStream(response, events, first_frame, rewriter, self)
+
+    # --- what the gateway learns: metrics and the access line ---------------------------------
+
+    def record_usage(self, usage: dict[str, Any] | None) -> None:
+        if usage is None:
+            return
+        prompt = usage.get("prompt_tokens")
+        completion = usage.get("completion_tokens")
+        if isinstance(prompt, int) and isinstance(completion, int):
+            if self._metrics is not None:
+                self._metrics.tokens(prompt, completion)
+            facts = request_facts_var.get(None)
+            if facts is not None:
+                facts["tokens"] = f"{prompt}/{completion}"
+
+    def record_error(self, error: GatewayError) -> None:
+        if self._metrics is not None and isinstance(error, UpstreamError):
+            self._metrics.upstream_error(type(error).__name__)
+
+    def _record_ttft(self, seconds: float) -> None:
+        if self._metrics is not None:
+            self._metrics.time_to_first_token(seconds)
+        facts = request_facts_var.get(None)
+        if facts is not None:
+            facts["ttft_ms"] = f"{seconds * 1000:.1f}"
 
     # --- building the upstream request --------------------------------------------------------
 
     async def _upstream_payload(self, request: ChatCompletionRequest, *, stream: bool) -> bytes:
         self.check_model(request.model)
         _refuse_tool_choice(request)
+        self._check_counts(request)
         max_tokens = self._max_tokens(request)
         conversation = await self._conversation(request)
         payload: dict[str, Any] = {
@@ -249,8 +321,11 @@ class ModelHandler:
             )
         if stream:
             payload["stream"] = True
-            if request.stream_options is not None and request.stream_options.include_usage:
-                payload["stream_options"] = {"include_usage": True}
+            # Always: the usage chunk feeds the metrics; ChunkRewriter drops it unless asked.
+            payload["stream_options"] = {"include_usage": True}
+        facts = request_facts_var.get(None)
+        if facts is not None:
+            facts["model"] = request.model
         return orjson.dumps(payload)
 
     async def _conversation(self, request: ChatCompletionRequest) -> Conversation:
@@ -260,6 +335,19 @@ class ModelHandler:
         conversation = normalise_conversation(request.messages, self._media.accepted_kinds)
         await self._media.prepare(conversation)
         return conversation
+
+    def _check_counts(self, request: ChatCompletionRequest) -> None:
+        limit = self._settings.max_messages_per_request
+        if len(request.messages) > limit:
+            raise InvalidRequest(
+                f"Too many messages: {len(request.messages)}. At most {limit} are accepted.",
+                param="messages",
+            )
+        if request.n is not None and request.n > self._settings.max_n:
+            raise InvalidRequest(
+                f"n is too large: {request.n}. This gateway allows at most {self._settings.max_n}.",
+                param="n",
+            )
 
     def _max_tokens(self, request: ChatCompletionRequest) -> int:
         # OpenAI's newer name wins, as it does in SGLang.
@@ -308,6 +396,10 @@ class ModelHandler:
         )
 
 
+def _frame(chunk: bytes | None) -> bytes:
+    return b"data: " + chunk + b"\n\n" if chunk is not None else b""
+
+
 def _refuse_tool_choice(request: ChatCompletionRequest) -> None:
     """Tools are accepted and ignored ("auto": the model chose to answer in text); requiring a
     call cannot be honoured, since SGLang has no tool-call parser for Gemma 3n."""
@@ -320,6 +412,12 @@ def _refuse_tool_choice(request: ChatCompletionRequest) -> None:
         + " cannot be honoured: Gemma 3n on this gateway has no tool calling.",
         param="tool_choice",
     )
+
+
+async def end_streams_for_shutdown(handler: ModelHandler) -> None:
+    """End every open stream with an error event and `[DONE]` (the shutdown grace is over)."""
+    for stream in list(handler.open_streams):
+        await stream.end_for_shutdown()
 
 
 def _map_transport_error(exc: httpx.HTTPError, *, retry_after: int = 5) -> UpstreamError:

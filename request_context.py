@@ -1,9 +1,11 @@
-"""Per-request identity: the `X-Request-ID` header, the context variable and the log format.
+"""Per-request identity: the `X-Request-ID` header, the context variables and the log format.
 
 Every response carries `X-Request-ID`: the client's own when it is a safe token (letters, digits
 and `-_.:`, at most 128 characters; anything else could inject headers or log lines), otherwise a
-new one. Every log line written while the request is handled carries it too. The middleware is
-pure ASGI so that it neither buffers nor delays streamed responses.
+new one. Every log line written while the request is handled carries it too, and one access line
+per request says: method, path, status, duration, key id (never the key), then what the handler
+recorded (model, prompt/completion tokens, time to first token). The middleware is pure ASGI so
+that it neither buffers nor delays streamed responses.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ MAX_REQUEST_ID_LENGTH = 128
 _SAFE_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
+key_id_var: ContextVar[str] = ContextVar("key_id", default="-")
+# Facts the handler learns about the request (model, token counts, time to first token), for the
+# access line. A dict shared by reference, so what a streaming task writes is seen here.
+request_facts_var: ContextVar[dict[str, object]] = ContextVar("request_facts")
 access_logger = logging.getLogger("gateway.access")
 
 
@@ -50,6 +56,9 @@ class RequestIdMiddleware:
         request_id = accepted_request_id(client_value)
         header = (REQUEST_ID_HEADER, request_id.encode("latin-1"))
         token = request_id_var.set(request_id)
+        key_token = key_id_var.set("-")
+        facts: dict[str, object] = {}
+        facts_token = request_facts_var.set(facts)
         started = time.perf_counter()
         status = 0
 
@@ -64,12 +73,16 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             access_logger.info(
-                "%s %s %d %.1fms",
+                "%s %s %d %.1fms key=%s%s",
                 scope["method"],
                 scope["path"],
                 status,
                 (time.perf_counter() - started) * 1000,
+                key_id_var.get(),
+                "".join(f" {name}={value}" for name, value in facts.items()),
             )
+            request_facts_var.reset(facts_token)
+            key_id_var.reset(key_token)
             request_id_var.reset(token)
 
 

@@ -265,6 +265,48 @@ class Settings(BaseSettings):
         description="Transcriptions run at once; each one holds its own copy of the model.",
     )
 
+    # --- access and limits (issue 6: guards.py, metrics.py) --------------------------------
+    api_keys: SecretStr | None = Field(
+        None,
+        description="Comma-separated client API keys (Authorization: Bearer). None: open.",
+    )
+    api_keys_file: str | None = Field(
+        None, description="File with one client API key per line (# comments allowed)."
+    )
+    protect_health_and_metrics: bool = Field(
+        False,
+        description="Require a key for /health/ready and /metrics too (/health stays open).",
+    )
+    max_body_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body, enforced while reading (413 beyond it).",
+    )
+    body_read_timeout: float = Field(
+        30.0, gt=0, description="Seconds a client may take to send its whole body (else 408)."
+    )
+    max_messages_per_request: int = Field(
+        1000, ge=1, description="Most messages in one chat request."
+    )
+    max_n: int = Field(8, ge=1, le=128, description="Largest n (choices) one request may ask for.")
+    max_in_flight: int = Field(
+        512,
+        ge=1,
+        description="Most requests handled at once; beyond it 429 with Retry-After.",
+    )
+    rate_limit_per_minute: int = Field(
+        0, ge=0, description="Requests per minute per API key (0: no per-key rate limit)."
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins allowed by CORS, as JSON: '[\"https://a.example\"]'; empty: off.",
+    )
+    shutdown_grace_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="On SIGTERM, how long streams in flight may finish before they are ended.",
+    )
+
     @field_validator("sglang_url")
     @classmethod
     def _strip_url(cls, value: str) -> str:

@@ -43,8 +43,8 @@ def openai_id(upstream_id: object) -> str:
     return text if text.startswith(ID_PREFIX) else ID_PREFIX + text
 
 
-def rewrite_completion(body: bytes, model: str) -> bytes:
-    """SGLang's non-streaming `chat.completion` body as OpenAI's."""
+def rewrite_completion(body: bytes, model: str) -> tuple[bytes, dict[str, Any] | None]:
+    """SGLang's non-streaming `chat.completion` body as OpenAI's, and its usage."""
     completion = _load_object(body)
     choices = completion.get("choices")
     if "id" not in completion or not isinstance(choices, list):
@@ -59,20 +59,29 @@ def rewrite_completion(body: bytes, model: str) -> bytes:
         message = choice.get("message")
         if isinstance(message, dict):
             _drop_nulls(message, ("reasoning_content", "tool_calls"))
-    return orjson.dumps(completion)
+    usage = completion.get("usage")
+    return orjson.dumps(completion), usage if isinstance(usage, dict) else None
 
 
 class ChunkRewriter:
-    """Rewrites the chunks of one stream; the id is computed once, from the first chunk."""
+    """Rewrites the chunks of one stream; the id is computed once, from the first chunk.
 
-    __slots__ = ("_id", "_model")
+    The gateway always asks SGLang for the final usage chunk (for its metrics and access log);
+    `forward_usage` says whether the client asked for it too. Without it the usage chunk is
+    dropped and chunks carry no `usage` key, as OpenAI sends them.
+    """
 
-    def __init__(self, model: str) -> None:
+    __slots__ = ("_forward_usage", "_id", "_model", "usage")
+
+    def __init__(self, model: str, *, forward_usage: bool = True) -> None:
         self._model = model
+        self._forward_usage = forward_usage
         self._id: str | None = None
+        self.usage: dict[str, Any] | None = None
 
-    def rewrite(self, data: bytes) -> bytes:
-        """One SGLang chunk as OpenAI's; raises the error an `{"error": ...}` event carries."""
+    def rewrite(self, data: bytes) -> bytes | None:
+        """One SGLang chunk as OpenAI's, or None when it is not for the client; raises the
+        error an `{"error": ...}` event carries."""
         chunk = _load_object(data)
         if "error" in chunk:
             raise error_from_event(chunk["error"])
@@ -80,7 +89,14 @@ class ChunkRewriter:
             self._id = openai_id(chunk.get("id"))
         chunk["id"] = self._id
         chunk["model"] = self._model
-        _clean_usage(chunk.get("usage"))
+        usage = chunk.get("usage")
+        if usage:
+            _clean_usage(usage)
+            self.usage = usage
+            if not self._forward_usage and not chunk.get("choices"):
+                return None
+        if not self._forward_usage:
+            chunk.pop("usage", None)
         for choice in chunk.get("choices") or ():
             choice.pop("matched_stop", None)
             _raise_if_aborted(choice)

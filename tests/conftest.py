@@ -35,6 +35,7 @@ class ServerThread:
     """An ASGI app served by uvicorn in a background thread on a free 127.0.0.1 port."""
 
     def __init__(self, app: Any) -> None:
+        self.app = app
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(("127.0.0.1", 0))

@@ -84,8 +84,8 @@ def test_chunk_rewriter_handles_both_sglang_chunk_shapes() -> None:
         "model": "x",
         "choices": [{"index": 0, "delta": {"content": "yo", "reasoning_content": None}}],
     }
-    one = orjson.loads(rewriter.rewrite(orjson.dumps(full)))
-    two = orjson.loads(rewriter.rewrite(orjson.dumps(compact)))
+    one = orjson.loads(rewriter.rewrite(orjson.dumps(full)) or b"")
+    two = orjson.loads(rewriter.rewrite(orjson.dumps(compact)) or b"")
     assert one["id"] == two["id"] == "chatcmpl-ab12"
     assert one["model"] == two["model"] == "client-model"
     assert one["choices"][0]["delta"] == {"content": "hi"}
@@ -105,7 +105,7 @@ def test_ids_already_prefixed_are_kept() -> None:
             ],
         }
     )
-    out = orjson.loads(rewrite_completion(body, "m"))
+    out = orjson.loads(rewrite_completion(body, "m")[0])
     assert out["id"] == "chatcmpl-9"
     assert out["choices"][0]["message"]["reasoning_content"] == "kept"
 
@@ -149,3 +149,16 @@ def test_error_events() -> None:
     assert isinstance(overload, UpstreamUnavailable)
     assert isinstance(error_from_event("nonsense"), UpstreamBadResponse)
     assert isinstance(error_from_event({"message": "x", "code": "weird"}), UpstreamFailed)
+
+
+def test_usage_is_kept_for_the_gateway_and_dropped_unless_asked() -> None:
+    usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5, "reasoning_tokens": 0}
+    content = orjson.dumps({"id": "1", "choices": [{"index": 0, "delta": {"content": "x"}}],
+                            "usage": None})
+    final = orjson.dumps({"id": "1", "choices": [], "usage": usage})
+    silent = ChunkRewriter("m", forward_usage=False)
+    assert "usage" not in orjson.loads(silent.rewrite(content) or b"")
+    assert silent.rewrite(final) is None
+    assert silent.usage == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    loud = ChunkRewriter("m", forward_usage=True)
+    assert orjson.loads(loud.rewrite(final) or b"")["usage"]["total_tokens"] == 5
