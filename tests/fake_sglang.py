@@ -17,8 +17,10 @@ Gemma 3n (see `/work/shared/SGLANG.md` and, for the shapes, SGLang's
 * bare 32-hex ids, `matched_stop` and `reasoning_content` in every choice;
 * a stream's status line and headers leave only once the first token exists (after `ttft`);
 * client disconnects are noticed at once, recorded, and stop the generation;
-* faults: mid-stream error events, overload, 500 with a traceback, garbage, truncated bodies,
-  hangs, killed connections, aborted generations, context overflow.
+* faults: mid-stream error events, overload, 500 with a traceback, garbage, truncated bodies
+  (before the first token or mid-stream), hangs, killed connections, aborted generations, context
+  overflow; and `reset_reused_connections`, a keep-alive connection reset just as it is reused;
+* `start_together`: requests held until a whole batch of them is in flight (load tests).
 
 Knobs are plain attributes read at the start of each chat request; records are read from the test
 thread under a lock. Nothing here is imported by the service.
@@ -32,9 +34,11 @@ import binascii
 import contextlib
 import logging
 import socket
+import struct
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -55,13 +59,16 @@ IMAGE_SOFT_TOKENS = 256
 AUDIO_TOKENS = 188  # fixed per clip: 30 s at 6.25 tokens/s
 END_OF_TURN_ID = 106  # Gemma's <end_of_turn>: `matched_stop` of a natural stop
 HEALTH_GENERATE_SECONDS = 0.2
+BATCH_WAIT_LIMIT = 30.0  # seconds a request waits for `start_together` before going alone
 FAULTS = frozenset(
     {
         "error_mid_stream",
         "overload",
         "error_500",
         "garbage",
+        "garbage_mid_stream",
         "truncated",
+        "truncated_mid_stream",
         "hang",
         "kill_mid_stream",
         "abort",
@@ -120,6 +127,7 @@ class _Plan:
     fault: str | None
     fault_after_tokens: int
     compact_chunks: bool
+    start_together: int
 
 
 class _BadRequest(Exception):
@@ -375,6 +383,15 @@ def _chunk(
     )
 
 
+async def _wait_for_batch(started: asyncio.Event, gone: asyncio.Event) -> bool:
+    """Wait until the batch starts (or BATCH_WAIT_LIMIT passes); True if the client went away."""
+    waits = {asyncio.ensure_future(started.wait()), asyncio.ensure_future(gone.wait())}
+    await asyncio.wait(waits, timeout=BATCH_WAIT_LIMIT, return_when=asyncio.FIRST_COMPLETED)
+    for wait in waits:
+        wait.cancel()
+    return gone.is_set()
+
+
 async def _pause(seconds: float, gone: asyncio.Event) -> bool:
     """Sleep, waking early if the client goes away; True if it went away."""
     if seconds > 0 and not gone.is_set():
@@ -382,6 +399,18 @@ async def _pause(seconds: float, gone: asyncio.Event) -> bool:
             async with asyncio.timeout(seconds):
                 await gone.wait()
     return gone.is_set()
+
+
+async def _reset(connection: Any, receive: Receive) -> None:
+    """Reset `connection` (RST: SO_LINGER 0, then close) without answering, and wait until
+    uvicorn has noticed, so that it neither logs nor tries to send a 500 of its own."""
+    transport = connection.transport
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _respond(
@@ -428,6 +457,7 @@ class FakeSGLang:
         self._stopping = False
         self._startup_error: BaseException | None = None
         self._active = 0
+        self._used_connections: weakref.WeakSet[Any] = weakref.WeakSet()
         self.reset()
 
     # -- knobs ------------------------------------------------------------------------------
@@ -438,6 +468,7 @@ class FakeSGLang:
             self._requests: list[RecordedRequest] = []
             self._disconnects = 0
             self._health_calls = 0
+            self._connection_resets = 0
             self._state = "ready"
             self._fault: str | None = None
         self.reply_tokens: list[str] = list(DEFAULT_REPLY_TOKENS)
@@ -446,9 +477,18 @@ class FakeSGLang:
         self.generation_time = 0.0
         self.fault_after_tokens = 2
         self.fault_count: int | None = None
+        # The next N chat requests that arrive on a keep-alive connection which already carried
+        # a request are answered by resetting that connection (RST, no response): what a client
+        # sees when SGLang's uvicorn closes an idle connection (5 s) just as the client reuses it.
+        self.reset_reused_connections = 0
         # Chunk shape: False = pydantic era (every key, "usage": null), True = sse_utils era
         # (role/content left out when null, no "usage" key outside the usage chunk).
         self.compact_chunks = False
+        # Hold every chat request before its first token until this many are in flight at once,
+        # then let them all go, as one batch in SGLang's scheduler (0: no holding). Proves that
+        # so many requests really were open together; bounded by BATCH_WAIT_LIMIT.
+        self.start_together = 0
+        self._batch_started = asyncio.Event()
 
     @property
     def state(self) -> str:
@@ -500,6 +540,12 @@ class FakeSGLang:
         with self._lock:
             return self._health_calls
 
+    @property
+    def connection_resets(self) -> int:
+        """Connections reset by `reset_reused_connections` (each after recording its request)."""
+        with self._lock:
+            return self._connection_resets
+
     def wait_for_disconnect(self, timeout: float) -> bool:
         """True once a chat request's client went away before its response was complete."""
         with self._changed:
@@ -529,6 +575,8 @@ class FakeSGLang:
             sock.close()
             raise
         self.port = sock.getsockname()[1]
+        self._used_connections = weakref.WeakSet()
+        self._batch_started = asyncio.Event()  # an Event binds to the loop that first waits
         config = uvicorn.Config(
             self._asgi,
             interface="asgi3",
@@ -606,6 +654,25 @@ class FakeSGLang:
         with self._lock:
             self._requests.append(request)
 
+    def _connection(self, scope: MutableMapping[str, Any]) -> Any:
+        """uvicorn's protocol object (one per TCP connection) that carries this request."""
+        server = self._server
+        client = scope.get("client")
+        if server is None or client is None:
+            return None
+        for connection in list(server.server_state.connections):
+            if getattr(connection, "client", None) == tuple(client):
+                return connection
+        return None
+
+    def _take_reset(self) -> bool:
+        with self._lock:
+            if self.reset_reused_connections <= 0:
+                return False
+            self.reset_reused_connections -= 1
+            self._connection_resets += 1
+            return True
+
     def _take_plan(self) -> _Plan:
         with self._lock:
             fault = self._fault
@@ -622,6 +689,7 @@ class FakeSGLang:
             fault=fault,
             fault_after_tokens=self.fault_after_tokens,
             compact_chunks=self.compact_chunks,
+            start_together=self.start_together,
         )
 
     # -- the ASGI app -----------------------------------------------------------------------
@@ -646,6 +714,10 @@ class FakeSGLang:
             parsed = orjson.loads(body) if body else None
         method, path = scope["method"], scope["path"]
         self._record(RecordedRequest(method, path, headers, bytes(body), parsed))
+        connection = self._connection(scope)
+        reused = connection is not None and connection in self._used_connections
+        if connection is not None:
+            self._used_connections.add(connection)
 
         if path in ("/health", "/health_generate"):
             with self._lock:
@@ -674,6 +746,9 @@ class FakeSGLang:
         elif path == "/v1/chat/completions":
             if method != "POST":
                 await _respond_json(send, 405, {"detail": "Method Not Allowed"})
+                return
+            if reused and self._take_reset():
+                await _reset(connection, receive)
                 return
             await self._chat(receive, send, bytes(body), headers)
         else:
@@ -736,6 +811,8 @@ class FakeSGLang:
 
         with self._lock:
             self._active += 1
+            if self.start_together and self._active >= self.start_together:
+                self._batch_started.set()
         watcher = asyncio.create_task(watch_disconnect())
         try:
             finish(await self._answer_chat(send_and_finish, body, headers, gone))
@@ -765,13 +842,17 @@ class FakeSGLang:
         if plan.fault == "hang":
             await gone.wait()
             return True
+        if plan.start_together and await _wait_for_batch(self._batch_started, gone):
+            return True
         # Queueing plus prefill: nothing at all is sent before the first token exists.
         wait = plan.ttft if chat.stream else plan.ttft + plan.generation_time
         if await _pause(wait, gone):
             return True
         if plan.fault == "garbage":
             await _respond(send, 200, b"<html>not json</html>", b"application/json")
-        elif plan.fault == "truncated" or (plan.fault == "kill_mid_stream" and not chat.stream):
+        elif plan.fault == "truncated" or (
+            plan.fault in ("kill_mid_stream", "truncated_mid_stream") and not chat.stream
+        ):
             await self._truncate(send, chat, plan)
         elif chat.stream:
             return await self._stream(send, chat, plan, gone)
@@ -853,6 +934,14 @@ class FakeSGLang:
                 return False
             if step == fault_step and plan.fault == "kill_mid_stream":
                 raise _DeliberateDrop
+            if step == fault_step and plan.fault == "truncated_mid_stream":
+                # A clean end of the chunked body, but no finish chunk and no [DONE].
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return False
+            if step == fault_step and plan.fault == "garbage_mid_stream":
+                # Not JSON (a proxy's error page, say); the tokens after it still follow.
+                garbage = b"data: <html>oops\n\n"
+                await send({"type": "http.response.body", "body": garbage, "more_body": True})
             for index in range(chat.n):
                 if step == 0:  # SGLang sends the role chunk right before a choice's first output
                     await _send_event(send, chunk(index, {"role": "assistant", "content": ""}))

@@ -9,8 +9,9 @@ from __future__ import annotations
 import base64
 import re
 import socket
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -524,6 +525,80 @@ def test_kill_mid_stream_drops_the_socket(fake: FakeSGLang, client: httpx.Client
     assert "[DONE]" not in "".join(seen)
     fake.fault = None
     assert chat(client).status_code == 200  # the next connection is fine
+
+
+def test_truncated_and_garbage_mid_stream(fake: FakeSGLang, client: httpx.Client) -> None:
+    fake.fault, fake.fault_after_tokens = "truncated_mid_stream", 2
+    body = {"model": MODEL, "messages": HELLO, "stream": True}
+    with client.stream("POST", "/v1/chat/completions", json=body) as response:
+        assert response.status_code == 200
+        text = response.read()  # a clean end of the chunked body: no transport error
+    assert text.count(b'"content":"') == 3  # the role chunk and two tokens
+    assert b'finish_reason":"stop' not in text
+    assert b"[DONE]" not in text
+
+    fake.fault = "garbage_mid_stream"
+    with client.stream("POST", "/v1/chat/completions", json=body) as response:
+        lines = [line for line in response.iter_lines() if line]
+    assert lines[3] == "data: <html>oops"  # after the role chunk and two tokens
+    assert lines[-1] == "data: [DONE]"
+    assert "".join(lines).count('"content":"') == 7  # every token still follows
+
+    fake.fault = "truncated_mid_stream"  # a non-stream request is cut like "truncated"
+    with pytest.raises(httpx.RemoteProtocolError):
+        chat(client)
+
+
+def test_reset_reused_connections(fake: FakeSGLang, client: httpx.Client) -> None:
+    fake.reset_reused_connections = 1
+    assert chat(client).status_code == 200  # a new connection is never reset
+    assert client.get("/ready").status_code == 200  # only chat requests are
+    with pytest.raises(httpx.ReadError, match="reset"):  # the keep-alive connection, reused
+        chat(client)
+    assert fake.connection_resets == 1
+    assert fake.reset_reused_connections == 0
+    assert len(fake.chat_requests) == 2  # the reset request was recorded first
+    assert fake.active_chat_requests == 0
+    assert chat(client).status_code == 200  # a fresh connection, and the knob is used up
+    assert chat(client).status_code == 200  # reused, but the knob is used up
+    fake.reset()
+    assert fake.connection_resets == 0
+
+
+def test_start_together_holds_requests_until_the_batch_is_in_flight(fake: FakeSGLang) -> None:
+    fake.start_together = 3
+    done: list[float] = []
+
+    def one(stream: bool) -> None:
+        with httpx.Client(base_url=fake.url, timeout=10) as http:
+            if stream:
+                assert stream_events(http)[-1] == "[DONE]"
+            else:
+                assert chat(http).status_code == 200
+        done.append(time.monotonic())
+
+    workers = [threading.Thread(target=one, args=(i == 0,)) for i in range(3)]
+    for worker in workers[:2]:
+        worker.start()
+    assert _eventually(lambda: fake.active_chat_requests == 2)
+    time.sleep(0.3)
+    assert done == []  # two of three: both held, stream or not
+    released = time.monotonic()
+    workers[2].start()
+    for worker in workers:
+        worker.join(timeout=5)
+    assert len(done) == 3 and min(done) >= released
+    with httpx.Client(base_url=fake.url, timeout=5) as http:
+        assert chat(http).status_code == 200  # once started, the batch stays started
+
+
+def _eventually(condition: Callable[[], bool], timeout: float = 2.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def test_hang_until_the_client_leaves(fake: FakeSGLang, client: httpx.Client) -> None:
