@@ -47,6 +47,7 @@ from media import MediaPreparer
 from media_fetch import MediaFetcher
 from metrics import Metrics, MetricsMiddleware
 from model_handler import ModelHandler, build_upstream_client, end_streams_for_shutdown
+from openapi import install_openapi
 from request_context import RequestIdMiddleware, configure_logging
 from schemas import ChatCompletionRequest
 from settings import Settings
@@ -123,6 +124,7 @@ def create_app(
     app.state.metrics = metrics = Metrics()
     _add_error_handlers(app)
     _add_routes(app)
+    install_openapi(app)
     # Added innermost first. Outermost to innermost: CORS (preflights need no key), request id
     # and access line, metrics (they count what the front door refuses too), front door, app.
     app.add_middleware(FrontDoor, settings=settings, draining=draining)

@@ -79,7 +79,8 @@ FORWARDED_FIELDS = (
 DONE_FRAME = b"data: [DONE]\n\n"
 
 # Errors raised while sending that mean the bytes may never have reached SGLang: typically a
-# keep-alive connection SGLang closed just as it was reused.
+# keep-alive connection SGLang closed just as it was reused, which fails at once.
+STALE_CONNECTION_WINDOW_SECONDS = 1.0
 _RETRYABLE_SEND_ERRORS = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 
 
@@ -375,9 +376,15 @@ class ModelHandler:
             "POST", CHAT_PATH, content=payload, headers={"Content-Type": "application/json"}
         )
         try:
+            sent_at = time.perf_counter()
             try:
                 response = await self._client.send(request, stream=True)
             except _RETRYABLE_SEND_ERRORS:
+                # Only a failure right after sending is a stale keep-alive connection; one after
+                # SGLang has been working for a while (a proxy cutting a long generation) is not,
+                # and retrying it would run the whole generation again.
+                if time.perf_counter() - sent_at > STALE_CONNECTION_WINDOW_SECONDS:
+                    raise
                 logger.info("upstream connection closed before an answer; retrying once")
                 response = await self._client.send(request, stream=True)
         except httpx.HTTPError as exc:

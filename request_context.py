@@ -38,6 +38,14 @@ def accepted_request_id(value: bytes | None) -> str:
     return uuid.uuid4().hex
 
 
+def loggable(text: str) -> str:
+    """`text` with control and non-ASCII characters escaped: a client-chosen path (decoded from
+    %0d%0a) must not be able to forge a log line."""
+    if text.isprintable() and text.isascii():
+        return text
+    return text.encode("unicode_escape").decode("ascii")
+
+
 class RequestIdMiddleware:
     """Sets the request id, echoes it in the response headers and logs one access line."""
 
@@ -75,7 +83,7 @@ class RequestIdMiddleware:
             access_logger.info(
                 "%s %s %d %.1fms key=%s%s",
                 scope["method"],
-                scope["path"],
+                loggable(scope["path"]),
                 status,
                 (time.perf_counter() - started) * 1000,
                 key_id_var.get(),

@@ -27,6 +27,11 @@ CONTENT_PART_FIELDS: dict[str, str] = {
 }
 
 
+# JSON allows integers of any size; SGLang (and the orjson that serialises the upstream body) take
+# 64-bit ones. Anything larger is the client's mistake, so a 400 rather than a failure later.
+Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+
+
 class _Model(BaseModel):
     """Strict JSON validation (no "1" for 1), unknown keys ignored, no NaN or infinity."""
 
@@ -124,14 +129,14 @@ class ChatCompletionRequest(_Model):
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
     logprobs: bool | None = None
-    max_completion_tokens: int | None = Field(None, ge=1)
-    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1, le=2**63 - 1)
+    max_tokens: int | None = Field(None, ge=1, le=2**63 - 1)
     n: int | None = Field(None, ge=1, le=128)
     parallel_tool_calls: bool | None = None
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     reasoning_effort: str | None = None
     response_format: ResponseFormat | None = None
-    seed: int | None = None
+    seed: Int64 | None = None
     stop: str | Annotated[list[str], Field(max_length=64)] | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
@@ -143,13 +148,13 @@ class ChatCompletionRequest(_Model):
     user: str | None = None
 
     # SGLang sampling extras: they change only how tokens are picked, never what is read or run.
-    top_k: int | None = Field(None, ge=-1)
+    top_k: int | None = Field(None, ge=-1, le=2**31 - 1)
     min_p: float | None = Field(None, ge=0.0, le=1.0)
     repetition_penalty: float | None = Field(None, gt=0.0, le=2.0)
-    min_tokens: int | None = Field(None, ge=0)
+    min_tokens: int | None = Field(None, ge=0, le=2**31 - 1)
     regex: str | None = None
     ebnf: str | None = None
-    stop_token_ids: list[int] | None = None
+    stop_token_ids: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] | None = None
     ignore_eos: bool | None = None
     skip_special_tokens: bool | None = None
 

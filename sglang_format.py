@@ -124,6 +124,10 @@ async def iter_sse_data(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
                 continue  # a comment or a keep-alive
             payload = b"\n".join(data)
             if payload == b"[DONE]":
+                # Read the rest (the chunked terminator): a fully read response returns its
+                # connection to the pool; an unread one is closed and a new one opened next time.
+                async for _ in chunks:
+                    pass
                 return
             yield payload
     raise UpstreamBadResponse("The model server's stream ended before it was complete.")

@@ -109,3 +109,21 @@ async def test_upstream_headers_are_the_gateways_own() -> None:
     assert seen[0].headers["content-type"] == "application/json"
     assert seen[0].headers["accept-encoding"] == "identity"
     assert "authorization" not in seen[0].headers
+
+
+@pytest.mark.anyio
+async def test_no_retry_when_the_connection_fails_late(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A failure long after sending is not a stale keep-alive connection: retrying would run the
+    # generation a second time.
+    import model_handler
+
+    monkeypatch.setattr(model_handler, "STALE_CONNECTION_WINDOW_SECONDS", -1.0)
+    calls = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+
+    with pytest.raises(UpstreamBadResponse):
+        await _handler(handle).create_chat_completion(_request())
+    assert len(calls) == 1
