@@ -211,7 +211,7 @@ def test_draining_refuses_new_work(make_gateway: Callable[..., ServerThread]) ->
         assert http.get("/health").status_code == 200
 
 
-def test_sigterm_ends_a_stream_that_outlasts_the_grace_cleanly(fake: FakeSGLang) -> None:
+def test_sigterm_lets_short_streams_finish_and_ends_long_ones_cleanly(fake: FakeSGLang) -> None:
     fake.token_delay = 0.1
     fake.reply_tokens = ["tok "] * 100  # 10 s: longer than the 1 s grace
     with socket.socket() as probe:
@@ -238,19 +238,34 @@ def test_sigterm_ends_a_stream_that_outlasts_the_grace_cleanly(fake: FakeSGLang)
             assert time.monotonic() < deadline, "the gateway did not start"
             time.sleep(0.05)
         body = {**BODY, "stream": True}
+        short_lines: list[str] = []
+
+        def read_short_stream(client: httpx.Client) -> None:
+            # 5 tokens at 0.1 s: done well inside the 1 s grace, so it must end normally.
+            with client.stream("POST", CHAT, json={**body, "max_tokens": 5}) as short:
+                short_lines.extend(line for line in short.iter_lines() if line)
+
         with (
             httpx.Client(base_url=base, timeout=20) as http,
+            httpx.Client(base_url=base, timeout=20) as second,
             http.stream("POST", CHAT, json=body) as stream,
         ):
             lines = stream.iter_lines()
-            assert next(lines).startswith("data: ")  # the stream is under way
+            assert next(lines).startswith("data: ")  # the long stream is under way
+            short_reader = threading.Thread(target=read_short_stream, args=(second,))
+            short_reader.start()
+            time.sleep(0.2)  # the short stream has started too
             proc.send_signal(signal.SIGTERM)
             started = time.monotonic()
             rest = [line for line in lines if line]
+            short_reader.join(timeout=10)
         assert rest[-1] == "data: [DONE]"
         error = orjson.loads(rest[-2].removeprefix("data: "))["error"]
         assert "shutting down" in error["message"]
         assert 0.5 < time.monotonic() - started < 8
+        assert short_lines[-1] == "data: [DONE]"
+        assert not any('"error"' in line for line in short_lines)
+        assert '"finish_reason":"length"' in short_lines[-2]
         # uvicorn re-raises the SIGTERM it caught once shutdown is complete.
         assert proc.wait(timeout=20) in (0, -signal.SIGTERM)
     finally:
