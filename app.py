@@ -365,15 +365,11 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def request_validation_error(request: Request, exc: Exception) -> Response:
         return await gateway_error(request, InvalidRequest(f"Invalid request: {exc}"))
 
-    async def unexpected_error(request: Request, exc: Exception) -> Response:
-        logger.exception("unexpected error", exc_info=exc)
-        return _json(error_body("The gateway failed to handle the request.", "server_error"), 500)
-
     app.add_exception_handler(GatewayError, gateway_error)
     app.add_exception_handler(ClientDisconnected, client_disconnected)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, request_validation_error)
-    app.add_exception_handler(Exception, unexpected_error)
+    # Anything else is answered by RequestIdMiddleware, so that a 500 carries the request id.
 
 
 def main() -> None:

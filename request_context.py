@@ -79,6 +79,13 @@ class RequestIdMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            # Anything no handler caught: answered here, inside this middleware, so the 500 too
+            # carries the request id and the access line its status. Never the exception text.
+            logging.getLogger("gateway").exception("unexpected error")
+            if status == 0:
+                await send_with_id(_INTERNAL_ERROR_START)
+                await send_with_id({"type": "http.response.body", "body": _INTERNAL_ERROR_BODY})
         finally:
             access_logger.info(
                 "%s %s %d %.1fms key=%s%s",
@@ -92,6 +99,20 @@ class RequestIdMiddleware:
             request_facts_var.reset(facts_token)
             key_id_var.reset(key_token)
             request_id_var.reset(token)
+
+
+_INTERNAL_ERROR_BODY = (
+    b'{"error":{"message":"The gateway failed to handle the request.",'
+    b'"type":"server_error","param":null,"code":null}}'
+)
+_INTERNAL_ERROR_START: Message = {
+    "type": "http.response.start",
+    "status": 500,
+    "headers": [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(_INTERNAL_ERROR_BODY)).encode()),
+    ],
+}
 
 
 class RequestIdFilter(logging.Filter):

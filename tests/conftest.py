@@ -8,6 +8,7 @@ assert on what the gateway forwarded (`fake.chat_requests`), not only on what ca
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -154,6 +155,19 @@ def tiny_whisper(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+def wait_for_log(
+    caplog: pytest.LogCaptureFixture, predicate: Callable[[logging.LogRecord], bool]
+) -> list[logging.LogRecord]:
+    """The matching records, waiting up to 2 s: the access line is written on the server's
+    thread after the last byte is sent, so a client can finish reading before it exists."""
+    deadline = time.monotonic() + 2
+    while True:
+        found = [record for record in caplog.records if predicate(record)]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.01)
 
 
 @contextmanager

@@ -10,9 +10,10 @@ import httpx
 import openai
 import orjson
 import pytest
-from conftest import MODEL, ServerThread
+from conftest import MODEL, ServerThread, gateway_settings, wait_for_log
 from fake_sglang import FakeSGLang
 
+from app import create_app
 from request_context import RequestIdFilter
 
 REPLY = "Hello from the fake SGLang."
@@ -248,6 +249,7 @@ def test_request_id_in_log_lines(http: httpx.Client, caplog: pytest.LogCaptureFi
         json={"model": "nope", "messages": [{"role": "user", "content": "hi"}]},
         headers={"X-Request-ID": "trace-me-1"},
     )
+    wait_for_log(caplog, lambda r: r.name == "gateway.access")
     mine = [r for r in caplog.records if getattr(r, "request_id", None) == "trace-me-1"]
     assert {r.name for r in mine} >= {"gateway", "gateway.access"}
 
@@ -260,3 +262,35 @@ def test_models_endpoints(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as caught:
         client.models.retrieve("gpt-4o")
     assert caught.value.code == "model_not_found"
+
+
+def test_an_unexpected_error_is_a_clean_500_with_the_request_id(
+    fake: FakeSGLang, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = create_app(gateway_settings(fake))
+
+    @app.get("/v1/boom")
+    async def boom() -> None:
+        raise RuntimeError("secret internal detail")
+
+    server = ServerThread(app)
+    server.start()
+    try:
+        caplog.set_level("INFO")
+        with httpx.Client(base_url=server.url) as http:
+            response = http.get("/v1/boom", headers={"X-Request-ID": "boom-1"})
+        assert response.status_code == 500
+        assert response.headers["x-request-id"] == "boom-1"
+        assert response.json() == {
+            "error": {
+                "message": "The gateway failed to handle the request.",
+                "type": "server_error",
+                "param": None,
+                "code": None,
+            }
+        }
+        assert "secret" not in response.text
+        lines = wait_for_log(caplog, lambda r: r.name == "gateway.access")
+        assert lines[-1].getMessage().startswith("GET /v1/boom 500 ")
+    finally:
+        server.stop()

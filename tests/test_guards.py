@@ -18,7 +18,7 @@ import httpx
 import openai
 import orjson
 import pytest
-from conftest import MODEL, ServerThread
+from conftest import MODEL, ServerThread, wait_for_log
 from fake_sglang import FakeSGLang
 
 CHAT = "/v1/chat/completions"
@@ -99,6 +99,7 @@ def test_keys_file_and_never_logging_the_key(
             == 200
         )
         http.get("/v1/models", headers={"Authorization": "Bearer not-a-key"})
+    wait_for_log(caplog, lambda r: "GET /v1/models 401" in r.getMessage())
     text = "\n".join(record.getMessage() for record in caplog.records)
     for secret in (KEY, "second-key", "not-a-key"):
         assert secret not in text

@@ -6,7 +6,7 @@ import logging
 
 import httpx
 import pytest
-from conftest import MODEL
+from conftest import MODEL, wait_for_log
 from fake_sglang import FakeSGLang
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -59,7 +59,10 @@ def test_access_line_names_model_tokens_and_ttft(
     caplog.set_level(logging.INFO, logger="gateway.access")
     with http.stream("POST", CHAT, json={**BODY, "stream": True}) as stream:
         stream.read()
-    line = [r.getMessage() for r in caplog.records if r.name == "gateway.access"][-1]
+    records = wait_for_log(
+        caplog, lambda r: r.name == "gateway.access" and "ttft_ms" in r.getMessage()
+    )
+    line = records[-1].getMessage()
     assert line.startswith(f"POST {CHAT} 200 ")
     assert f"model={MODEL}" in line
     assert "tokens=" in line and "ttft_ms=" in line and "key=-" in line

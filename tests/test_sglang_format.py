@@ -153,8 +153,9 @@ def test_error_events() -> None:
 
 def test_usage_is_kept_for_the_gateway_and_dropped_unless_asked() -> None:
     usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5, "reasoning_tokens": 0}
-    content = orjson.dumps({"id": "1", "choices": [{"index": 0, "delta": {"content": "x"}}],
-                            "usage": None})
+    content = orjson.dumps(
+        {"id": "1", "choices": [{"index": 0, "delta": {"content": "x"}}], "usage": None}
+    )
     final = orjson.dumps({"id": "1", "choices": [], "usage": usage})
     silent = ChunkRewriter("m", forward_usage=False)
     assert "usage" not in orjson.loads(silent.rewrite(content) or b"")
