@@ -157,17 +157,23 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+def eventually(condition: Callable[[], bool], timeout: float = 2.0) -> bool:
+    """Poll `condition` every 10 ms until it holds (True) or `timeout` passes (False)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def wait_for_log(
     caplog: pytest.LogCaptureFixture, predicate: Callable[[logging.LogRecord], bool]
 ) -> list[logging.LogRecord]:
     """The matching records, waiting up to 2 s: the access line is written on the server's
     thread after the last byte is sent, so a client can finish reading before it exists."""
-    deadline = time.monotonic() + 2
-    while True:
-        found = [record for record in caplog.records if predicate(record)]
-        if found or time.monotonic() > deadline:
-            return found
-        time.sleep(0.01)
+    eventually(lambda: any(predicate(record) for record in caplog.records))
+    return [record for record in caplog.records if predicate(record)]
 
 
 @contextmanager

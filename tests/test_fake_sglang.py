@@ -11,13 +11,14 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import openai
 import orjson
 import pytest
+from conftest import eventually
 from fake_sglang import FakeSGLang
 
 MODEL = "google/gemma-3n-E4B-it"
@@ -580,7 +581,7 @@ def test_start_together_holds_requests_until_the_batch_is_in_flight(fake: FakeSG
     workers = [threading.Thread(target=one, args=(i == 0,)) for i in range(3)]
     for worker in workers[:2]:
         worker.start()
-    assert _eventually(lambda: fake.active_chat_requests == 2)
+    assert eventually(lambda: fake.active_chat_requests == 2)
     time.sleep(0.3)
     assert done == []  # two of three: both held, stream or not
     released = time.monotonic()
@@ -590,15 +591,6 @@ def test_start_together_holds_requests_until_the_batch_is_in_flight(fake: FakeSG
     assert len(done) == 3 and min(done) >= released
     with httpx.Client(base_url=fake.url, timeout=5) as http:
         assert chat(http).status_code == 200  # once started, the batch stays started
-
-
-def _eventually(condition: Callable[[], bool], timeout: float = 2.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def test_hang_until_the_client_leaves(fake: FakeSGLang, client: httpx.Client) -> None:

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from conftest import ServerThread
+from conftest import ServerThread, eventually
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
@@ -35,16 +35,6 @@ def requests(metrics: Metrics, route: str, status: int, method: str = "GET") -> 
 
 def duration_sum(metrics: Metrics, route: str) -> float:
     return value(metrics, "gateway_request_duration_seconds_sum", route=route)
-
-
-def wait_until(condition: object, timeout: float = 3.0) -> bool:
-    assert callable(condition)
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 # -- the metrics -----------------------------------------------------------------------------
@@ -379,7 +369,7 @@ def test_a_client_gone_mid_stream_leaves_nothing_in_flight() -> None:
                 received += sock.recv(65536)
             assert b"200 OK" in received
             assert value(metrics, "gateway_requests_in_flight") == 1
-        assert wait_until(lambda: value(metrics, "gateway_requests_in_flight") == 0)
+        assert eventually(lambda: value(metrics, "gateway_requests_in_flight") == 0)
         assert value(metrics, "gateway_client_disconnects_total") == 1
         assert requests(metrics, "/stream", 200) == 1
         assert duration_sum(metrics, "/stream") > 0.02

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from conftest import MODEL, ServerThread
+from conftest import MODEL, ServerThread, eventually
 from fake_sglang import FakeSGLang
 
 CHAT = "/v1/chat/completions"
@@ -74,15 +74,6 @@ def _stream_ends_with_error(events: list[str], code: str) -> list[str | None]:
     return [_content(event) for event in events[:-2]]
 
 
-def _wait_until(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
 # --- SGLang down, killed, hanging, garbled --------------------------------------------------
 
 
@@ -102,7 +93,7 @@ def test_sglang_down_at_start_then_the_gateway_recovers_by_itself(
         fake.start()
         # No readiness probe and no request: the background poll alone must see SGLang come up
         # (liveness only reports the cached state).
-        assert _wait_until(lambda: http.get("/health").json()["backend"]["ready"], timeout=3)
+        assert eventually(lambda: http.get("/health").json()["backend"]["ready"], timeout=3)
         assert http.get("/health/ready").status_code == 200
         completion = http.post(CHAT, json=_chat())
         assert completion.status_code == 200
@@ -142,7 +133,7 @@ def test_sglang_killed_mid_stream_ends_the_stream_with_an_error_then_done(
     result: list[httpx.Response] = []
     worker = threading.Thread(target=lambda: result.append(http.post(CHAT, json=_chat())))
     worker.start()
-    assert _wait_until(lambda: fake.active_chat_requests == 1, timeout=3)
+    assert eventually(lambda: fake.active_chat_requests == 1, timeout=3)
     started = time.monotonic()
     fake.stop()
     worker.join(timeout=5)
@@ -165,7 +156,7 @@ def test_sglang_hanging_is_504_after_the_read_timeout_and_the_upstream_is_closed
             _assert_error_response(response, 504, "timeout")
             assert timeout <= elapsed < timeout + 1.0
             # SGLang is told to stop: the gateway closed the connection it gave up on.
-            assert _wait_until(lambda: fake.active_chat_requests == 0, timeout=1)
+            assert eventually(lambda: fake.active_chat_requests == 0, timeout=1)
         assert fake.disconnects == 2
 
         # Silent mid-stream: the tokens stop coming; the stream ends with a timeout event.
@@ -176,7 +167,7 @@ def test_sglang_hanging_is_504_after_the_read_timeout_and_the_upstream_is_closed
             events = _events(response.iter_lines())
         assert time.monotonic() - started < timeout + 1.0
         assert _stream_ends_with_error(events, "timeout") == ["", "Hello"]
-        assert _wait_until(lambda: fake.active_chat_requests == 0, timeout=1)
+        assert eventually(lambda: fake.active_chat_requests == 0, timeout=1)
         assert fake.disconnects == 3
 
 
@@ -190,7 +181,7 @@ def test_garbled_or_truncated_stream_is_a_502_event_then_done(
         events = _events(response.iter_lines())
     # Nothing after the bad event is relayed, even though the garbled stream carries on.
     assert _stream_ends_with_error(events, "bad_gateway") == ["", "Hello", " from"]
-    assert _wait_until(lambda: fake.active_chat_requests == 0, timeout=1)
+    assert eventually(lambda: fake.active_chat_requests == 0, timeout=1)
     fake.fault = None  # the pool is not left holding a broken connection
     assert http.post(CHAT, json=_chat()).status_code == 200
 
@@ -221,7 +212,7 @@ def test_sglang_slow_to_send_headers_still_streams(
     workers = [threading.Thread(target=stream), threading.Thread(target=complete)]
     for worker in workers:
         worker.start()
-    assert _wait_until(lambda: fake.active_chat_requests == 2, timeout=3)
+    assert eventually(lambda: fake.active_chat_requests == 2, timeout=3)
     with httpx.Client(base_url=server.url, timeout=10) as http:
         started = time.monotonic()
         assert http.get("/health").status_code == 200  # the wait blocks nobody else
@@ -310,14 +301,14 @@ def test_many_concurrent_disconnects_leave_nothing_running(
             setattr(fake, name, value)
         socks = [_open_request(server.port, stream=i < per_kind) for i in range(in_flight)]
         try:
-            assert _wait_until(lambda: fake.active_chat_requests == in_flight, timeout=5)
+            assert eventually(lambda: fake.active_chat_requests == in_flight, timeout=5)
             if marker is not None:
                 for sock in socks[:per_kind]:
                     _read_until(sock, marker)  # mid-stream
         finally:
             for sock in socks:
                 sock.close()
-        assert _wait_until(lambda: fake.active_chat_requests == 0, timeout=2)
+        assert eventually(lambda: fake.active_chat_requests == 0, timeout=2)
         assert fake.disconnects == in_flight
 
     # Every slot was given back: a full wave at once is admitted (a 429 would never reach
@@ -326,7 +317,7 @@ def test_many_concurrent_disconnects_leave_nothing_running(
     fake.token_delay, fake.generation_time = 0.1, 0.5
     socks = [_open_request(server.port, stream=i < per_kind) for i in range(in_flight)]
     try:
-        assert _wait_until(lambda: fake.active_chat_requests == in_flight, timeout=5)
+        assert eventually(lambda: fake.active_chat_requests == in_flight, timeout=5)
         answers = [_read_to_end(sock) for sock in socks]
     finally:
         for sock in socks:
