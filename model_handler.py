@@ -146,9 +146,11 @@ class ChatStream:
             except GatewayError as exc:
                 error = exc
             except Exception as exc:
-                if not (self._ending or isinstance(exc, httpx.HTTPError)):
-                    raise
-                error = _map_transport_error(exc) if isinstance(exc, httpx.HTTPError) else None
+                # While ending for shutdown, whatever the closed connection raised is expected.
+                if not self._ending:
+                    if not isinstance(exc, httpx.HTTPError):
+                        raise
+                    error = _map_transport_error(exc)
             if self._ending:
                 error = UpstreamUnavailable(
                     "The gateway is shutting down; the response was cut short.", retry_after=1
