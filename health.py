@@ -16,9 +16,10 @@ import time
 from dataclasses import dataclass
 
 import anyio
-import httpx
+import orjson
 
 from settings import Settings
+from upstream import TransportError, UpstreamClient
 
 logger = logging.getLogger("gateway.health")
 
@@ -55,7 +56,7 @@ UNKNOWN = BackendState(reachable=False, ready=False, detail="not checked yet", c
 class BackendMonitor:
     """Polls SGLang's readiness in the background and answers from the last result."""
 
-    def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
+    def __init__(self, settings: Settings, client: UpstreamClient) -> None:
         self._settings = settings
         self._client = client
         self._ready_path = "/ready"
@@ -85,33 +86,29 @@ class BackendMonitor:
     async def _probe(self) -> BackendState:
         now = time.time()
         try:
-            response = await self._client.get(
-                self._ready_path, timeout=self._settings.health_check_timeout
-            )
-            if response.status_code == 404 and self._ready_path == "/ready":
-                # An SGLang build older than /ready: /v1/models answers once it serves.
-                self._ready_path = "/v1/models"
-                response = await self._client.get(
-                    self._ready_path, timeout=self._settings.health_check_timeout
-                )
-        except httpx.TimeoutException:
+            with anyio.fail_after(self._settings.health_check_timeout):
+                status, _ = await self._client.get(self._ready_path)
+                if status == 404 and self._ready_path == "/ready":
+                    # An SGLang build older than /ready: /v1/models answers once it serves.
+                    self._ready_path = "/v1/models"
+                    status, _ = await self._client.get(self._ready_path)
+        except TimeoutError:
             return BackendState(True, False, "readiness check timed out", now)
-        except httpx.HTTPError:
+        except TransportError:
             return BackendState(False, False, "not reachable", now)
-        if response.status_code == 200:
+        if status == 200:
             return BackendState(True, True, "ready", now)
-        if response.status_code == 503:
+        if status == 503:
             return BackendState(True, False, "starting, paused or shutting down", now)
-        return BackendState(
-            True, False, f"readiness check answered HTTP {response.status_code}", now
-        )
+        return BackendState(True, False, f"readiness check answered HTTP {status}", now)
 
     async def _model_capabilities(self) -> Capabilities:
         for path in ("/model_info", "/get_model_info"):  # the older name first served alone
             try:
-                response = await self._client.get(path, timeout=self._settings.health_check_timeout)
-                info = response.json() if response.status_code == 200 else None
-            except (httpx.HTTPError, ValueError):
+                with anyio.fail_after(self._settings.health_check_timeout):
+                    status, body = await self._client.get(path)
+                info = orjson.loads(body) if status == 200 else None
+            except (TimeoutError, TransportError, orjson.JSONDecodeError):
                 continue
             if isinstance(info, dict):
                 images = info.get("has_image_understanding")

@@ -9,19 +9,22 @@ completion it checks the model name (SGLang does not), fits the conversation to 
   the first token (validation, context overflow, media, overload) is still an HTTP error with the
   right status; after that, failures travel inside the stream as an error event and `[DONE]`.
 
-Transport failures are translated here, most specific first (`_map_transport_error`). One retry
-covers a pooled connection that SGLang closed as the request was written.
+Streams are relayed in batches: whatever SGLang sent since the client was last written to goes
+out as one write, so a gateway that falls behind in a burst catches up instead of paying per token.
+
+Transport failures (`upstream.TransportError`) are translated here, most specific first
+(`_map_transport_error`). One retry covers a pooled connection that SGLang closed as the request
+was written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import anyio
-import httpx
 import orjson
 
 from conversation import Conversation, normalise_conversation
@@ -42,10 +45,20 @@ from schemas import ChatCompletionRequest
 from settings import Settings
 from sglang_format import (
     ChunkRewriter,
+    SSEDecoder,
     error_for_status,
-    iter_sse_data,
     rewrite_completion,
     stream_error_frame,
+)
+from upstream import (
+    ConnectError,
+    ConnectionClosed,
+    ConnectTimeout,
+    PoolTimeout,
+    ReadTimeout,
+    TransportError,
+    UpstreamClient,
+    UpstreamResponse,
 )
 
 logger = logging.getLogger("gateway.model_handler")
@@ -77,105 +90,154 @@ FORWARDED_FIELDS = (
 )
 
 DONE_FRAME = b"data: [DONE]\n\n"
+_JSON_HEADERS = (("Content-Type", "application/json"),)
 
-# Errors raised while sending that mean the bytes may never have reached SGLang: typically a
-# keep-alive connection SGLang closed just as it was reused, which fails at once.
+# A reused keep-alive connection that SGLang closed just as the request was written fails at once
+# and before any answer: that, and only that, is retried.
 STALE_CONNECTION_WINDOW_SECONDS = 1.0
-_RETRYABLE_SEND_ERRORS = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 
 
-def build_upstream_client(settings: Settings) -> httpx.AsyncClient:
+def build_upstream_client(settings: Settings) -> UpstreamClient:
     """The one pooled client to SGLang, with keep-alive shorter than SGLang's own 5 s."""
-    headers = {"Accept-Encoding": "identity"}
+    headers = {}
     if settings.sglang_api_key is not None:
         headers["Authorization"] = f"Bearer {settings.sglang_api_key.get_secret_value()}"
-    return httpx.AsyncClient(
-        base_url=settings.sglang_url,
+    return UpstreamClient(
+        settings.sglang_url,
         headers=headers,
-        timeout=httpx.Timeout(
-            connect=settings.upstream_connect_timeout,
-            read=settings.upstream_read_timeout,
-            write=settings.upstream_connect_timeout,
-            pool=settings.upstream_connect_timeout,
-        ),
-        limits=httpx.Limits(
-            max_connections=settings.upstream_max_connections,
-            max_keepalive_connections=settings.upstream_max_connections,
-            keepalive_expiry=settings.upstream_keepalive_expiry,
-        ),
-        trust_env=False,
+        max_connections=settings.upstream_max_connections,
+        connect_timeout=settings.upstream_connect_timeout,
+        read_timeout=settings.upstream_read_timeout,
+        pool_timeout=settings.upstream_connect_timeout,
+        keepalive_expiry=settings.upstream_keepalive_expiry,
     )
 
 
 class ChatStream:
     """An SGLang stream whose first event is already read; iterate it for OpenAI's SSE frames.
 
-    Iteration ends with `data: [DONE]`, after an error event if SGLang failed mid-stream or the
-    gateway ended the stream for shutdown (`end_for_shutdown`), and closes the upstream response
-    however it ends (completion, error, cancellation by a disconnect). `aclose` may be called any
-    number of times, also before iteration starts.
+    Each item is every frame ready at that moment, joined. Iteration ends with `data: [DONE]`,
+    after an error event if SGLang failed mid-stream or the gateway ended the stream for shutdown
+    (`end_for_shutdown`), and closes the upstream response however it ends. `cancel` (the client
+    left) closes the upstream connection at once, which makes SGLang stop generating, and ends
+    the iteration without an error. `aclose` may be called any number of times.
     """
 
     def __init__(
         self,
-        response: httpx.Response,
-        events: AsyncIterator[bytes],
-        first_frame: bytes,
+        response: UpstreamResponse,
+        decoder: SSEDecoder,
         rewriter: ChunkRewriter,
         handler: ModelHandler,
     ) -> None:
         self._response = response
-        self._events = events
-        self._first_frame = first_frame
+        self._decoder = decoder
         self._rewriter = rewriter
         self._handler = handler
-        self._ending = False
+        self._first = b""
+        self._pending: list[bytes] = []  # payloads read but not translated yet
+        self._done = False  # SGLang's [DONE] was seen
+        self._error: GatewayError | None = None  # carried by SGLang's stream
+        self._ending = False  # ended by the gateway for shutdown
+        self._cancelled = False  # the client left
         self._closed = False
-        handler.open_streams.add(self)
+
+    async def read_first(self) -> None:
+        """Read up to the first frame meant for the client, raising what SGLang answered
+        instead; that frame is the first item of the iteration, what came with it the next."""
+        rewrite = self._rewriter.rewrite
+        while True:
+            payloads = await self._read()
+            for index, payload in enumerate(payloads):
+                if payload == b"[DONE]":
+                    raise UpstreamBadResponse("The model server's stream ended without a chunk.")
+                chunk = rewrite(payload)
+                if chunk is not None:
+                    self._first = b"data: " + chunk + b"\n\n"
+                    self._pending = payloads[index + 1 :]
+                    self._handler.open_streams.add(self)
+                    return
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
-            yield self._first_frame
-            rewrite = self._rewriter.rewrite
+            yield self._first
+            frames = b""
             error: GatewayError | None = None
             try:
-                async for data in self._events:
-                    frame = rewrite(data)
-                    if frame is not None:
-                        yield b"data: " + frame + b"\n\n"
+                while True:
+                    payloads, self._pending = self._pending or await self._read(), []
+                    frames = self._translate(payloads)
+                    if self._done or self._error is not None:
+                        break
+                    if frames:
+                        yield frames
+                        frames = b""
             except GatewayError as exc:
                 error = exc
-            except Exception as exc:
-                # While ending for shutdown, whatever the closed connection raised is expected.
-                if not self._ending:
-                    if not isinstance(exc, httpx.HTTPError):
-                        raise
+            except TransportError as exc:
+                if not (self._ending or self._cancelled):
                     error = _map_transport_error(exc)
+            if self._cancelled:
+                return
+            error = error or self._error
             if self._ending:
                 error = UpstreamUnavailable(
                     "The gateway is shutting down; the response was cut short.", retry_after=1
                 )
-            if error is not None:
-                self._handler.record_error(error)
-                yield stream_error_frame(error)
-            yield DONE_FRAME
+            if error is None:
+                yield frames + DONE_FRAME
+                await self._read_to_end()
+                return
+            self._handler.record_error(error)
+            yield frames + stream_error_frame(error) + DONE_FRAME
         finally:
-            await self.aclose()
+            self.aclose()
 
-    async def end_for_shutdown(self) -> None:
+    def _translate(self, payloads: list[bytes]) -> bytes:
+        """OpenAI's frames for SGLang's payloads, joined; notes [DONE] and an error event."""
+        rewrite = self._rewriter.rewrite
+        parts: list[bytes] = []
+        try:
+            for payload in payloads:
+                if payload == b"[DONE]":
+                    self._done = True
+                    break
+                chunk = rewrite(payload)
+                if chunk is not None:
+                    parts += (b"data: ", chunk, b"\n\n")
+        except GatewayError as exc:
+            self._error = exc
+        return b"".join(parts)
+
+    async def _read(self) -> list[bytes]:
+        data = await self._response.read_some()
+        if not data:
+            raise UpstreamBadResponse("The model server's stream ended before it was complete.")
+        return self._decoder.feed(data)
+
+    async def _read_to_end(self) -> None:
+        """After [DONE]: the chunked terminator, so that the connection goes back to the pool."""
+        if not self._response.complete:
+            # On failure the connection is closed rather than reused; the client has its answer.
+            with contextlib.suppress(TransportError):
+                await self._response.read()
+
+    def cancel(self) -> None:
+        """The client left: close the upstream connection now; iteration ends quietly."""
+        self._cancelled = True
+        self.aclose()
+
+    def end_for_shutdown(self) -> None:
         """Cut the stream short: its iteration ends with an error event and `[DONE]`."""
         self._ending = True
-        await self.aclose()
+        self.aclose()
 
-    async def aclose(self) -> None:
+    def aclose(self) -> None:
+        self._response.close()
         if not self._closed:
             self._closed = True
             self._handler.open_streams.discard(self)
             self._handler.record_usage(self._rewriter.usage)
-        # Shielded: on a client disconnect this runs inside a cancelled scope, and closing the
-        # upstream connection is exactly what makes SGLang stop generating.
-        with anyio.CancelScope(shield=True):
-            await self._response.aclose()
 
 
 class ModelHandler:
@@ -184,7 +246,7 @@ class ModelHandler:
     def __init__(
         self,
         settings: Settings,
-        client: httpx.AsyncClient,
+        client: UpstreamClient,
         media: MediaPreparer | None = None,
         metrics: Metrics | None = None,
     ) -> None:
@@ -244,12 +306,11 @@ class ModelHandler:
         """SGLang's whole non-streaming response body."""
         response = await self._send(payload)
         try:
-            return await response.aread()
-        except httpx.HTTPError as exc:
+            return await response.read()
+        except TransportError as exc:
             raise _map_transport_error(exc) from exc
         finally:
-            with anyio.CancelScope(shield=True):
-                await response.aclose()
+            response.close()  # a cancelled read (the client left) closes the connection
 
     async def stream_chat_completion(self, request: ChatCompletionRequest) -> ChatStream:
         """A stream positioned after its first event, or the error SGLang answered instead."""
@@ -260,21 +321,16 @@ class ModelHandler:
         rewriter = ChunkRewriter(
             request.model, forward_usage=bool(options is not None and options.include_usage)
         )
+        stream = ChatStream(response, SSEDecoder(), rewriter, self)
         try:
-            events = iter_sse_data(response.aiter_raw())
-            first_frame = b""
-            while not first_frame:  # the first chunk the client is meant to see
-                first_frame = _frame(rewriter.rewrite(await anext(events)))
+            await stream.read_first()
         except BaseException as exc:
-            with anyio.CancelScope(shield=True):
-                await response.aclose()
-            if isinstance(exc, httpx.HTTPError):
+            stream.aclose()
+            if isinstance(exc, TransportError):
                 raise _map_transport_error(exc) from exc
-            if isinstance(exc, StopAsyncIteration):
-                raise UpstreamBadResponse("The model server's stream was empty.") from None
             raise
         self._record_ttft(time.perf_counter() - started)
-        return ChatStream(response, events, first_frame, rewriter, self)
+        return stream
 
     # --- what the gateway learns: metrics and the access line ---------------------------------
 
@@ -372,41 +428,37 @@ class ModelHandler:
 
     # --- sending ------------------------------------------------------------------------------
 
-    async def _send(self, payload: bytes) -> httpx.Response:
+    async def _send(self, payload: bytes) -> UpstreamResponse:
         """SGLang's 200 response with its body unread, or the mapped error of any other answer."""
-        request = self._client.build_request(
-            "POST", CHAT_PATH, content=payload, headers={"Content-Type": "application/json"}
-        )
+        client = self._client
         try:
             sent_at = time.perf_counter()
             try:
-                response = await self._client.send(request, stream=True)
-            except _RETRYABLE_SEND_ERRORS:
-                # Only a failure right after sending is a stale keep-alive connection; one after
-                # SGLang has been working for a while (a proxy cutting a long generation) is not,
-                # and retrying it would run the whole generation again.
-                if time.perf_counter() - sent_at > STALE_CONNECTION_WINDOW_SECONDS:
+                response = await client.request("POST", CHAT_PATH, payload, headers=_JSON_HEADERS)
+            except ConnectionClosed as exc:
+                # Only a close before any answer and right after sending is a stale keep-alive
+                # connection; one after SGLang has been working for a while (a proxy cutting a
+                # long generation) is not, and retrying it would run the whole generation again.
+                if (
+                    not exc.before_response
+                    or time.perf_counter() - sent_at > STALE_CONNECTION_WINDOW_SECONDS
+                ):
                     raise
                 logger.info("upstream connection closed before an answer; retrying once")
-                response = await self._client.send(request, stream=True)
-        except httpx.HTTPError as exc:
+                response = await client.request("POST", CHAT_PATH, payload, headers=_JSON_HEADERS)
+        except TransportError as exc:
             raise _map_transport_error(exc, retry_after=self._settings.retry_after_seconds) from exc
-        if response.status_code == 200:
+        if response.status == 200:
             return response
         try:
-            body = await response.aread()
-        except httpx.HTTPError as exc:
+            body = await response.read()
+        except TransportError as exc:
             raise _map_transport_error(exc) from exc
         finally:
-            with anyio.CancelScope(shield=True):
-                await response.aclose()
+            response.close()
         raise error_for_status(
-            response.status_code, body, retry_after=self._settings.retry_after_seconds
+            response.status, body, retry_after=self._settings.retry_after_seconds
         )
-
-
-def _frame(chunk: bytes | None) -> bytes:
-    return b"data: " + chunk + b"\n\n" if chunk is not None else b""
 
 
 def _refuse_tool_choice(request: ChatCompletionRequest) -> None:
@@ -423,25 +475,25 @@ def _refuse_tool_choice(request: ChatCompletionRequest) -> None:
     )
 
 
-async def end_streams_for_shutdown(handler: ModelHandler) -> None:
+def end_streams_for_shutdown(handler: ModelHandler) -> None:
     """End every open stream with an error event and `[DONE]` (the shutdown grace is over)."""
     for stream in list(handler.open_streams):
-        await stream.end_for_shutdown()
+        stream.end_for_shutdown()
 
 
-def _map_transport_error(exc: httpx.HTTPError, *, retry_after: int = 5) -> UpstreamError:
-    """httpx's exceptions as the gateway's, the most specific first."""
-    if isinstance(exc, httpx.PoolTimeout):
+def _map_transport_error(exc: TransportError, *, retry_after: int = 5) -> UpstreamError:
+    """The client's exceptions as the gateway's, the most specific first."""
+    if isinstance(exc, PoolTimeout):
         return UpstreamUnavailable(
             "Too many requests are waiting for the model server; retry later.",
             retry_after=retry_after,
         )
-    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+    if isinstance(exc, (ConnectError, ConnectTimeout)):
         return UpstreamUnavailable(
             "The model server is not reachable; it may still be starting.",
             retry_after=retry_after,
         )
-    if isinstance(exc, httpx.TimeoutException):
+    if isinstance(exc, ReadTimeout):
         return UpstreamTimeout("The model server did not answer in time.")
     logger.warning("upstream transport error: %r", exc)
     return UpstreamBadResponse("The connection to the model server failed mid-response.")

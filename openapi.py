@@ -26,7 +26,7 @@ import copy
 from typing import Any, Final, get_args
 
 from fastapi import FastAPI
-from fastapi.routing import APIRoute
+from starlette.routing import Route
 
 from schemas import ChatCompletionRequest
 from transcript_formats import ResponseFormat
@@ -461,7 +461,7 @@ def build_openapi(app: FastAPI) -> JSONObject:
     described = _operations(model_name)
     paths: dict[str, JSONObject] = {}
     for route in app.routes:
-        if not isinstance(route, APIRoute) or not route.include_in_schema:
+        if not isinstance(route, Route) or not route.include_in_schema:
             continue
         for method in sorted(m.lower() for m in route.methods or ()):
             operation = described.get((method, route.path_format)) or {

@@ -17,7 +17,6 @@ Everything works on orjson dicts, once per body or chunk: no pydantic on the str
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -106,31 +105,42 @@ class ChunkRewriter:
         return orjson.dumps(chunk)
 
 
-async def iter_sse_data(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """The `data:` payload of each server-sent event, ending at `[DONE]` or the end of input.
+class SSEDecoder:
+    """Splits SGLang's event stream into the `data:` payload of each event, whatever the read
+    boundaries. `[DONE]` is returned like any payload; comments and keep-alives are skipped."""
 
-    Raises `UpstreamBadResponse` when the input ends without `[DONE]`: SGLang always sends it, so
-    a stream cut short means the connection or the server died.
-    """
-    buffer = b""
-    async for chunk in chunks:
-        buffer += chunk
+    __slots__ = ("_buffer",)
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    @property
+    def pending(self) -> bytes:
+        """Bytes of an event not complete yet."""
+        return self._buffer
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buffer = self._buffer + data if self._buffer else data
         if b"\r" in buffer:  # SGLang uses "\n"; accept any line ending the SSE spec allows
+            held = b""
+            if buffer.endswith(b"\r"):  # may be half of a "\r\n" split across reads
+                buffer, held = buffer[:-1], b"\r"
             buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        *events, buffer = buffer.split(b"\n\n")
+            *events, rest = buffer.split(b"\n\n")
+            self._buffer = rest + held
+        else:
+            *events, self._buffer = buffer.split(b"\n\n")
+        payloads = []
         for event in events:
-            data = [line[5:].lstrip(b" ") for line in event.split(b"\n") if line[:5] == b"data:"]
-            if not data:
-                continue  # a comment or a keep-alive
-            payload = b"\n".join(data)
-            if payload == b"[DONE]":
-                # Read the rest (the chunked terminator): a fully read response returns its
-                # connection to the pool; an unread one is closed and a new one opened next time.
-                async for _ in chunks:
-                    pass
-                return
-            yield payload
-    raise UpstreamBadResponse("The model server's stream ended before it was complete.")
+            if event[:6] == b"data: " and b"\n" not in event:  # SGLang's one-line events
+                payloads.append(event[6:])
+                continue
+            data_lines = [line[5:] for line in event.split(b"\n") if line[:5] == b"data:"]
+            if data_lines:
+                payloads.append(
+                    b"\n".join(line[1:] if line[:1] == b" " else line for line in data_lines)
+                )
+        return payloads
 
 
 def error_for_status(status: int, body: bytes, *, retry_after: int) -> GatewayError:
@@ -234,4 +244,3 @@ def _drop_nulls(mapping: dict[str, Any], keys: tuple[str, ...]) -> None:
     for key in keys:
         if key in mapping and mapping[key] is None:
             del mapping[key]
-

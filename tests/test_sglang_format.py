@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
 
 import orjson
 import pytest
@@ -17,41 +16,39 @@ from errors import (
 )
 from sglang_format import (
     ChunkRewriter,
+    SSEDecoder,
     error_for_status,
     error_from_event,
-    iter_sse_data,
     rewrite_completion,
 )
 
 
-async def _pieces(data: bytes, sizes: list[int]) -> AsyncIterator[bytes]:
+def _decode(data: bytes, sizes: list[int]) -> tuple[list[bytes], bytes]:
+    """Every payload of `data` fed in pieces of `sizes` (then the rest), and what is left."""
+    decoder = SSEDecoder()
+    payloads: list[bytes] = []
     position = 0
-    for size in sizes:
-        yield data[position : position + size]
+    for size in [*sizes, len(data)]:
+        payloads += decoder.feed(data[position : position + size])
         position += size
-    yield data[position:]
+    return payloads, decoder.pending
 
 
-async def _collect(data: bytes, sizes: list[int]) -> list[bytes]:
-    return [event async for event in iter_sse_data(_pieces(data, sizes))]
-
-
-@pytest.mark.anyio
-async def test_sse_parser_survives_any_read_split() -> None:
+def test_sse_decoder_survives_any_read_split() -> None:
     events = [orjson.dumps({"n": i, "text": "a\u00e9\U0001f600"}) for i in range(30)]
     stream = b"".join(b"data: " + e + b"\n\n" for e in events) + b": ping\n\ndata: [DONE]\n\n"
     rng = random.Random(7)
     for _ in range(200):
         sizes = [rng.randint(0, 40) for _ in range(rng.randint(0, 80))]
-        assert await _collect(stream, sizes) == events
+        assert _decode(stream, sizes) == ([*events, b"[DONE]"], b"")
     crlf = stream.replace(b"\n", b"\r\n")
-    assert await _collect(crlf, [3] * 500) == events
+    for size in (1, 2, 3, 7):  # odd sizes split "\r\n" pairs between reads
+        assert _decode(crlf, [size] * (len(crlf) // size)) == ([*events, b"[DONE]"], b"")
 
 
-@pytest.mark.anyio
-async def test_sse_stream_cut_short_is_an_error() -> None:
-    with pytest.raises(UpstreamBadResponse):
-        await _collect(b'data: {"a": 1}\n\ndata: {"b"', [5])
+def test_sse_decoder_follows_the_spec_for_fields() -> None:
+    stream = b"data:{}\n\nid: 3\ndata: a\ndata:  b\n\nevent: x\n\ndata: tail"
+    assert _decode(stream, [len(stream)]) == ([b"{}", b"a\n b"], b"data: tail")
 
 
 def test_chunk_rewriter_handles_both_sglang_chunk_shapes() -> None:
