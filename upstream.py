@@ -221,7 +221,7 @@ class _Connection(asyncio.Protocol):
         assert self.response is None
         response = self.response = UpstreamResponse(self)
         if self.closed:
-            # Fix: a connection handed to a waiting request can close (SGLang's keep-alive close
+            # A connection handed to a waiting request can close (SGLang's keep-alive close
             # seen in the same loop turn) before that request runs; writing to it would be
             # dropped silently and the request would wait out the whole read timeout. Fail it
             # at once, as the stale keep-alive connection it is (safe to retry).
@@ -253,7 +253,7 @@ class _Connection(asyncio.Protocol):
             self.abort()
 
     def abort(self) -> None:
-        # Fix: abort the transport even when `closed` is already set: `aclose()` marks a
+        # Abort the transport even when `closed` is already set: `aclose()` marks a
         # connection that is still connecting closed before it has a transport, and the
         # transport it then gets must not stay open. `transport.abort()` is idempotent.
         if self.transport is not None:
@@ -268,7 +268,7 @@ class _Connection(asyncio.Protocol):
     def resume_reading(self) -> None:
         if self.transport is not None and self._reading_paused:
             self._reading_paused = False
-            # Fix: the silence counts from when we listen again; a pause is our reader's delay,
+            # The silence counts from when we listen again; a pause is our reader's delay,
             # not SGLang's (else a pause longer than the read timeout fails the response as soon
             # as reading resumes, if SGLang has nothing queued at that moment).
             self._last_data = self.loop.time()
@@ -324,6 +324,11 @@ class _Connection(asyncio.Protocol):
 
     # --- httptools callbacks ------------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        response = self.response
+        if response is None or response.status:  # a second response to one request
+            raise ProtocolError("The model server sent a response nobody asked for.")
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_bytes += len(name) + len(value)
         if self._header_bytes > _MAX_HEADER_BYTES:
@@ -336,8 +341,8 @@ class _Connection(asyncio.Protocol):
         assert response is not None
         response.status = self._parser.get_status_code()
         headers = response.headers
-        # Fix: transfer-coding names are case-insensitive (llhttp takes "Chunked" as chunked);
-        # unmarked, a chunked body cut by a close passed for a whole body ended by the close.
+        # Transfer-coding names are case-insensitive (llhttp takes "Chunked" as chunked);
+        # otherwise a chunked body cut by a close would pass for a whole body ended by the close.
         response.has_length = (
             b"content-length" in headers
             or b"chunked" in headers.get(b"transfer-encoding", b"").lower()
@@ -368,8 +373,7 @@ class _Connection(asyncio.Protocol):
             response._fail(ReadTimeout("The model server sent nothing in time."))
             self.abort()
         elif self._reading_paused:
-            # Fix: our reader is the slow one: look again a whole read timeout later (this
-            # re-armed itself every millisecond, for as long as the reader stayed behind).
+            # Our reader is the slow one: look again a whole read timeout later.
             self._timer = self.loop.call_later(self._read_timeout, self._check_silence)
         else:  # data came meanwhile: wait the rest
             self._timer = self.loop.call_later(
@@ -446,7 +450,9 @@ class UpstreamClient:
         head.append(b"\r\n")
         head.append(body)
         connection = await self._acquire()
-        response = connection.start(b"".join(head), read_timeout or self._read_timeout)
+        response = connection.start(
+            b"".join(head), self._read_timeout if read_timeout is None else read_timeout
+        )
         try:
             await connection.drained()
             await response._head
@@ -485,7 +491,12 @@ class UpstreamClient:
         while idle:
             connection = idle.pop()
             connection.idle = False
-            if not connection.closed and now - connection.idle_since < self._keepalive_expiry:
+            if (
+                not connection.closed
+                and now - connection.idle_since < self._keepalive_expiry
+                and connection.transport is not None
+                and not connection.transport.is_closing()
+            ):
                 return connection
             connection.abort()
         if len(self._connections) + self._reserved >= self.max_connections:
@@ -495,9 +506,8 @@ class UpstreamClient:
                 async with asyncio.timeout(self._pool_timeout):
                     handed = await waiter
             except BaseException as exc:
-                # Fix: this hand-back also covers the pool timeout (it used to be skipped for
-                # TimeoutError): a connection or slot handed over in the loop turn in which the
-                # timeout fires would otherwise be lost to the pool for good.
+                # The pool timeout too: a connection or slot handed over in the loop turn in
+                # which the timeout fires would otherwise be lost to the pool for good.
                 if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                     handed = waiter.result()  # handed to us just as we were cancelled
                     if handed is None:
@@ -538,7 +548,7 @@ class UpstreamClient:
             connection.abort()
             raise
         if self._closed:
-            # Fix: aclose() ran while this connection was being opened; it must not be used.
+            # aclose() ran while this connection was being opened; it must not be used.
             self._forget(connection)
             connection.abort()
             raise ConnectError("The client was closed.")
