@@ -24,17 +24,22 @@ import logging
 import wave
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import anyio
 import anyio.to_thread
-import av
-import numpy as np
-import numpy.typing as npt
-import soxr
 
 import errors
 from settings import Settings
+
+# PyAV, NumPy and soxr are imported where audio is decoded, not here (idle memory, issue 7).
+if TYPE_CHECKING:
+    import av
+    import numpy as np
+    import numpy.typing as npt
+    import soxr
+
+    Samples = npt.NDArray[np.float32]
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +49,6 @@ SAMPLE_RATE: Final = 16_000
 MAX_CLIP_SECONDS: Final = 30.0
 """The longest clip Gemma 3n's audio encoder takes; SGLang does not truncate longer ones."""
 
-Samples = npt.NDArray[np.float32]
 T = TypeVar("T")
 
 # Names a client may declare (OpenAI's `input_audio.format`, a file extension, a MIME subtype),
@@ -73,13 +77,6 @@ _LENGTH_IN_HEADER: Final = frozenset({"wav", "aiff", "flac", "mov", "matroska"})
 _TRUNCATION_TOLERANCE_S: Final = 0.1  # above codec priming/padding (AAC: 2112 samples = 48 ms)
 
 _MP4_BOXES: Final = (b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot")
-
-# Integer PCM decodes to these dtypes; dividing by full scale gives [-1, 1).
-_FULL_SCALE: Final = {
-    np.dtype(np.int16): 2.0**15,
-    np.dtype(np.int32): 2.0**31,
-    np.dtype(np.int64): 2.0**63,
-}
 
 
 @dataclass(frozen=True, eq=False)
@@ -148,23 +145,42 @@ def sniff_container(data: bytes) -> str | None:
 # --- decoding ----------------------------------------------------------------------------------
 
 
-# FFmpeg sample formats (planar ones end in "p") as NumPy dtypes.
-_SAMPLE_DTYPES: Final[dict[str, np.dtype[Any]]] = {
-    "u8": np.dtype(np.uint8),
-    "s16": np.dtype(np.int16),
-    "s32": np.dtype(np.int32),
-    "s64": np.dtype(np.int64),
-    "flt": np.dtype(np.float32),
-    "dbl": np.dtype(np.float64),
-}
+@functools.cache
+def _sample_dtypes() -> dict[str, np.dtype[Any]]:
+    """FFmpeg sample formats (planar ones end in "p") as NumPy dtypes."""
+    import numpy as np
+
+    return {
+        "u8": np.dtype(np.uint8),
+        "s16": np.dtype(np.int16),
+        "s32": np.dtype(np.int32),
+        "s64": np.dtype(np.int64),
+        "flt": np.dtype(np.float32),
+        "dbl": np.dtype(np.float64),
+    }
+
+
+@functools.cache
+def _full_scale() -> dict[np.dtype[Any], float]:
+    """Integer PCM decodes to these dtypes; dividing by full scale gives [-1, 1)."""
+    import numpy as np
+
+    return {
+        np.dtype(np.int16): 2.0**15,
+        np.dtype(np.int32): 2.0**31,
+        np.dtype(np.int64): 2.0**63,
+    }
 
 
 def _to_float(array: npt.NDArray[np.generic]) -> Samples:
     """PCM of any FFmpeg sample type as float32 in [-1, 1]."""
+    import numpy as np
+
+    full_scale = _full_scale()
     if array.dtype == np.uint8:
         return (array.astype(np.float32) - np.float32(128.0)) / np.float32(128.0)
-    if array.dtype in _FULL_SCALE:
-        return array.astype(np.float32) / np.float32(_FULL_SCALE[array.dtype])
+    if array.dtype in full_scale:
+        return array.astype(np.float32) / np.float32(full_scale[array.dtype])
     return array.astype(np.float32, copy=False)
 
 
@@ -187,6 +203,9 @@ class _To16kMono:
         self._pending_len = 0
 
     def add(self, frame: av.AudioFrame) -> None:
+        import numpy as np
+        import soxr
+
         rate, channels, count = frame.sample_rate, frame.layout.nb_channels, frame.samples
         key = (rate, frame.format.name, channels)
         if key != self._key:
@@ -198,7 +217,7 @@ class _To16kMono:
                     None if rate == SAMPLE_RATE else soxr.ResampleStream(rate, SAMPLE_RATE, 1)
                 )
             self._key = key
-        dtype = _SAMPLE_DTYPES[frame.format.name.removesuffix("p")]
+        dtype = _sample_dtypes()[frame.format.name.removesuffix("p")]
         # Plane buffers may be padded past the samples, hence the explicit counts.
         if frame.format.is_planar:
             planes = tuple(
@@ -215,6 +234,8 @@ class _To16kMono:
         self._flush(last=True)
 
     def _flush(self, *, last: bool) -> None:
+        import numpy as np
+
         if self._key is None:
             return
         _, sample_format, channels = self._key
@@ -298,6 +319,8 @@ def decode_audio_sync(
     if declared is not None and DECLARED_FORMATS[declared] not in _families(container_name):
         log.debug("audio declared as %s holds %s; decoding what it holds", declared, container_name)
 
+    import av
+
     try:
         return _decode(data, container_name, param=param, limit=limit, settings=settings)
     except av.FFmpegError as exc:
@@ -334,6 +357,9 @@ def _families(container_name: str) -> tuple[str, ...]:
 def _decode(
     data: bytes, container_name: str, *, param: str, limit: float, settings: Settings
 ) -> DecodedAudio:
+    import av
+    import numpy as np
+
     with av.open(
         io.BytesIO(data),
         "r",
@@ -401,6 +427,8 @@ def _stated_seconds(
     container: av.container.InputContainer, stream: av.AudioStream, container_name: str
 ) -> float | None:
     """The length the header states, for formats where it is exact; else None."""
+    import av
+
     if container_name not in _LENGTH_IN_HEADER:
         return None
     if stream.duration is not None and stream.time_base is not None:
@@ -484,6 +512,8 @@ def split_into_clips(
 
 def _quietest_cut(samples: Samples, lo: int, hi: int, window: int) -> int:
     """The index in (lo, hi] in the middle of the longest quiet stretch of samples[lo:hi]."""
+    import numpy as np
+
     region = np.asarray(samples[lo:hi], dtype=np.float64)
     energy_sum = np.concatenate(([0.0], np.cumsum(region * region)))
     energy = energy_sum[window:] - energy_sum[:-window]  # energy of the window starting at i
@@ -507,6 +537,8 @@ def _quietest_cut(samples: Samples, lo: int, hi: int, window: int) -> int:
 
 def clip_to_wav_bytes(clip: Samples, *, sample_rate: int = SAMPLE_RATE) -> bytes:
     """`clip` (float32 mono) as a 16-bit PCM WAV file."""
+    import numpy as np
+
     pcm = np.clip(np.nan_to_num(clip), -1.0, 1.0) * 32767.0
     buffer = io.BytesIO()
     with wave.open(buffer, "wb") as wav:

@@ -36,6 +36,7 @@ import asyncio
 import binascii
 import functools
 import hashlib
+import importlib
 import io
 import logging
 import multiprocessing
@@ -51,12 +52,14 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote_to_bytes
 
 import anyio.to_thread
-import pybase64
-from PIL import Image
 
 import errors
 
+# Pillow, pillow-heif and pybase64 are imported where images are decoded (in the pool's workers),
+# not here (idle memory, issue 7).
 if TYPE_CHECKING:
+    from PIL import Image
+
     from media_fetch import MediaFetcher
     from settings import Settings
 
@@ -71,18 +74,18 @@ _OUTPUT_PREFIX = "data:image/jpeg;base64,"
 # Lanczos and 25% cheaper (10 vs 13 ms on a 12 MP photo here). A larger gap (thumbnail() uses
 # 2.0) costs 3-6x more resize time on a 4K image (34 vs 6 ms here) for a difference nobody sees
 # once Gemma 3n has resized the picture to 768x768 again itself.
-_RESAMPLE = Image.Resampling.BICUBIC
+_RESAMPLE = "BICUBIC"  # an Image.Resampling member
 _REDUCING_GAP = 1.0
 
 _ORIENTATION_TAG = 0x0112
-_TRANSPOSE_FOR_ORIENTATION = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
+_TRANSPOSE_FOR_ORIENTATION = {  # EXIF orientation -> Image.Transpose member
+    2: "FLIP_LEFT_RIGHT",
+    3: "ROTATE_180",
+    4: "FLIP_TOP_BOTTOM",
+    5: "TRANSPOSE",
+    6: "ROTATE_270",
+    7: "TRANSVERSE",
+    8: "ROTATE_90",
 }
 _HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"})
 
@@ -140,6 +143,8 @@ def prepare_payload(payload: bytes, encoding: str, options: ImageOptions) -> str
 
 def prepare_image_bytes(data: bytes, options: ImageOptions) -> str:
     """Encoded image bytes in any supported format -> the data: URL of the prepared JPEG."""
+    import pybase64
+
     _check_encoded_size(len(data), options.max_bytes)
     if not data:
         raise ImageRejected("The image is empty (zero bytes).")
@@ -162,6 +167,8 @@ def decode_base64(text: bytes, *, max_bytes: int) -> bytes:
     Accepted: line breaks and spaces anywhere, missing padding, the URL-safe alphabet. Refused:
     any other character, or a length no base64 string can have.
     """
+    import pybase64
+
     text = text.rstrip(b" \t\r\n=")  # padding is redone below
     # Each translate() is a full pass; the membership tests are memchr, 10x cheaper.
     if b"\n" in text or b"\r" in text or b" " in text or b"\t" in text:
@@ -220,6 +227,8 @@ def _too_many_pixels(width: int, height: int, max_pixels: int) -> ImageRejected:
 
 
 def _normalise(data: bytes, image_format: str, options: ImageOptions) -> bytes:
+    from PIL import Image
+
     name = "HEIC" if image_format == "HEIF" else image_format
     try:
         image = Image.open(io.BytesIO(data), formats=[image_format])
@@ -252,6 +261,8 @@ def _normalise(data: bytes, image_format: str, options: ImageOptions) -> bytes:
 
 
 def _to_prepared_rgb(image: Image.Image, max_side: int) -> Image.Image:
+    from PIL import Image
+
     width, height = image.size
     target = _fit_within(width, height, max_side)
     box: tuple[float, float, float, float] | None = None
@@ -265,9 +276,10 @@ def _to_prepared_rgb(image: Image.Image, max_side: int) -> Image.Image:
     image.load()  # surfaces truncation here, where the caller turns it into a clear message
     work = _to_resizable_mode(image)
     if target != (width, height):
-        work = work.resize(target, _RESAMPLE, box=box, reducing_gap=_REDUCING_GAP)
+        resample = Image.Resampling[_RESAMPLE]
+        work = work.resize(target, resample, box=box, reducing_gap=_REDUCING_GAP)
     if orientation in _TRANSPOSE_FOR_ORIENTATION:
-        work = work.transpose(_TRANSPOSE_FOR_ORIENTATION[orientation])
+        work = work.transpose(Image.Transpose[_TRANSPOSE_FOR_ORIENTATION[orientation]])
     if work.mode in ("RGBA", "LA"):
         # Flattened after resizing: Pillow resizes alpha images premultiplied, so the result is
         # the same as flattening first, on far fewer pixels.
@@ -403,7 +415,6 @@ class ImagePreparer:
         self._pool: Executor = executor or self._new_pool()
         self.cache = PreparedCache(settings.image_cache_entries)
         self._url_ttl = settings.image_cache_ttl
-        _register_heif()
 
     async def prepare(self, url: str, *, param: str) -> str:
         """Any accepted image URL (data: or http(s)) -> the data: URL to send SGLang.
@@ -555,6 +566,10 @@ def _usable_cores() -> int:
 def _worker_init() -> None:
     # Ctrl-C reaches the whole process group; the parent shuts the pool down in order.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The decoders this module leaves unimported (idle memory, issue 7) load as the worker
+    # starts, not on its first image.
+    for module in ("pybase64", "PIL.Image"):
+        importlib.import_module(module)
     _register_heif()
 
 

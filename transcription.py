@@ -31,7 +31,7 @@ import re
 import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final, cast, get_args
+from typing import TYPE_CHECKING, Final, cast, get_args
 
 import anyio
 
@@ -41,13 +41,15 @@ from audio import (
     SAMPLE_RATE,
     AudioDecoder,
     DecodedAudio,
-    Samples,
     clip_to_wav_data_url,
     split_into_clips,
 )
 from settings import Settings
 from transcript_formats import ResponseFormat, Task, render
 from whisper_asr import TranscriptResult, TranscriptSegment, WhisperTranscriber
+
+if TYPE_CHECKING:  # audio.py defines it only for type checkers (NumPy loads lazily, issue 7)
+    from audio import Samples
 
 log = logging.getLogger(__name__)
 

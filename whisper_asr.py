@@ -18,15 +18,17 @@ import logging
 import os
 import threading
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import anyio
 import anyio.to_thread
-import numpy as np
-import numpy.typing as npt
 
 import errors
 from settings import Settings
+
+if TYPE_CHECKING:  # NumPy is imported where audio is handled, not here (idle memory, issue 7)
+    import numpy as np
+    import numpy.typing as npt
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +127,8 @@ class WhisperTranscriber:
         `task` "translate" gives English. Bad arguments raise `errors.InvalidRequest`; a model
         that cannot be found or loaded raises `errors.GatewayError` (code whisper_unavailable).
         """
+        import numpy as np
+
         if task not in ("transcribe", "translate"):
             raise errors.InvalidRequest(f"Unknown task {task!r}.", param="task")
         if not 0.0 <= temperature <= 1.0:
