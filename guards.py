@@ -158,9 +158,13 @@ class FrontDoor:
             await _send_error(send, exc)
             return
         self.in_flight += 1
+        body = _BoundedBody(
+            receive, self._settings.max_body_bytes, self._settings.body_read_timeout
+        )
         try:
-            await self.app(scope, self._bounded_receive(receive), send)
+            await self.app(scope, body, send)
         finally:
+            body.close()
             self.in_flight -= 1
 
     def _needs_key(self, path: str) -> bool:
@@ -190,35 +194,76 @@ class FrontDoor:
                     raise _too_large(self._settings.max_body_bytes)
                 return
 
-    def _bounded_receive(self, receive: Receive) -> Receive:
-        """`receive` that stops a body at the size limit and at the read deadline."""
-        limit = self._settings.max_body_bytes
-        deadline = asyncio.get_running_loop().time() + self._settings.body_read_timeout
-        received = 0
-        complete = False
 
-        async def bounded() -> Message:
-            nonlocal received, complete
-            if complete:
-                return await receive()  # after the body: only the disconnect is left
-            try:
-                # asyncio's own timeout: an anyio cancel scope costs several times more, per
-                # message of every request.
-                async with asyncio.timeout_at(deadline):
-                    message = await receive()
-            except TimeoutError:
+class _BoundedBody:
+    """`receive` that stops a body at the size limit (413) and at the read deadline (408).
+
+    One timer per request, armed at the first read of the body, instead of a timeout scope per
+    message: if the deadline passes with the body incomplete, it cancels the task reading it,
+    which then raises `RequestTimeout` (what `asyncio.timeout` does, minus its per-call cost).
+    """
+
+    __slots__ = (
+        "_complete",
+        "_deadline",
+        "_expired",
+        "_limit",
+        "_reader",
+        "_receive",
+        "_received",
+        "_timeout",
+        "_timer",
+    )
+
+    def __init__(self, receive: Receive, limit: int, timeout: float) -> None:
+        self._receive = receive
+        self._limit = limit
+        self._timeout = timeout
+        self._deadline = asyncio.get_running_loop().time() + timeout
+        self._received = 0
+        self._complete = False
+        self._expired = False
+        self._reader: asyncio.Task[object] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def __call__(self) -> Message:
+        if self._complete:
+            return await self._receive()  # after the body: only the disconnect is left
+        if self._reader is None:
+            self._reader = asyncio.current_task()
+            self._timer = asyncio.get_running_loop().call_at(self._deadline, self._expire)
+        try:
+            message = await self._receive()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            # Ours only if nothing else cancelled the task as well (uncancel() counts).
+            if self._expired and task is self._reader and task is not None and task.uncancel() == 0:
                 raise RequestTimeout(
-                    f"The request body was not received within "
-                    f"{self._settings.body_read_timeout:g} seconds."
+                    f"The request body was not received within {self._timeout:g} seconds."
                 ) from None
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise _too_large(limit)
-                complete = not message.get("more_body", False)
-            return message
+            raise
+        if message["type"] == "http.request":
+            self._received += len(message.get("body", b""))
+            if self._received > self._limit:
+                self.close()
+                raise _too_large(self._limit)
+            self._complete = not message.get("more_body", False)
+        else:
+            self._complete = True  # disconnected: no more body will come
+        if self._complete:
+            self.close()
+        return message
 
-        return bounded
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expire(self) -> None:
+        self._timer = None
+        if not self._complete and self._reader is not None:
+            self._expired = True
+            self._reader.cancel()
 
 
 def _too_large(limit: int) -> PayloadTooLarge:

@@ -11,8 +11,8 @@ that it neither buffers nor delays streamed responses.
 from __future__ import annotations
 
 import logging
+import os
 import time
-import uuid
 from contextvars import ContextVar
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -35,7 +35,7 @@ def accepted_request_id(value: bytes | None) -> str:
         text = value.decode("latin-1")
         if _SAFE_CHARACTERS.issuperset(text):
             return text
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # as random as uuid4().hex, without building a UUID
 
 
 def loggable(text: str) -> str:
@@ -125,6 +125,12 @@ class RequestIdFilter(logging.Filter):
 
 def configure_logging(level: str) -> None:
     """One handler on the root logger with the request id in every line."""
+    # Nothing logged here uses the caller's file/line, thread or process names: not collecting
+    # them saves ~20 % of each log call (https://docs.python.org/3/howto/logging.html#optimization).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler()
     handler.addFilter(RequestIdFilter())
     handler.setFormatter(
