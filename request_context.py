@@ -21,6 +21,12 @@ REQUEST_ID_HEADER = b"x-request-id"
 MAX_REQUEST_ID_LENGTH = 128
 _SAFE_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 
+# The `send` this middleware was given, for the body of a stream (`streaming.py`): the layers
+# between here and the app (metrics, the front door, Starlette's exception handling) act on a
+# response's start and its last message only, so the messages in between may skip them. A
+# middleware that rewrites bodies must not be put inside this one.
+STREAM_BODY_SEND = "gateway.stream_body_send"
+
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
 key_id_var: ContextVar[str] = ContextVar("key_id", default="-")
 # Facts the handler learns about the request (model, token counts, time to first token), for the
@@ -67,6 +73,7 @@ class RequestIdMiddleware:
         key_token = key_id_var.set("-")
         facts: dict[str, object] = {}
         facts_token = request_facts_var.set(facts)
+        scope[STREAM_BODY_SEND] = send
         started = time.perf_counter()
         status = 0
 
