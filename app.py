@@ -10,6 +10,7 @@ Run with `python app.py` (settings from the environment) or `uvicorn app:app`.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Mapping
@@ -395,6 +396,11 @@ def main() -> None:
         loop="uvloop",
         http="httptools",
     )
+    # Everything built so far lives as long as the process: keep it out of the cyclic garbage
+    # collector's full passes, each of which otherwise walks ~70,000 objects (34 ms here, a
+    # stall every stream would feel). https://docs.python.org/3/library/gc.html#gc.freeze
+    gc.collect()
+    gc.freeze()
     GatewayServer(config, app.state.draining).run()
 
 
