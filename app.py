@@ -174,7 +174,8 @@ def _add_routes(app: FastAPI) -> None:
 
     # A plain Starlette route: the body is parsed by hand anyway, and FastAPI's dependency
     # machinery around an endpoint cost ~10 % of a chat request's CPU (issue 7).
-    app.router.routes.append(Route("/v1/chat/completions", chat_completions, methods=["POST"]))
+    # First in the router, which tries routes in order.
+    app.router.routes.insert(0, Route("/v1/chat/completions", chat_completions, methods=["POST"]))
 
     @app.post("/v1/audio/transcriptions")
     async def transcriptions(request: Request) -> Response:

@@ -141,6 +141,7 @@ class ChatStream:
         self._ending = False  # ended by the gateway for shutdown
         self._cancelled = False  # the client left
         self._closed = False
+        self.final = False  # the item being yielded is the last one: nothing follows it
 
     async def read_first(self) -> None:
         """Read up to the first frame meant for the client, raising what SGLang answered
@@ -185,10 +186,12 @@ class ChatStream:
                     "The gateway is shutting down; the response was cut short.", retry_after=1
                 )
             if error is None:
+                self.final = self._response.complete
                 yield frames + DONE_FRAME
                 await self._read_to_end()
                 return
             self._handler.record_error(error)
+            self.final = True
             yield frames + stream_error_frame(error) + DONE_FRAME
         finally:
             self.aclose()

@@ -18,24 +18,28 @@ the gateway never keeps generating for nobody, even while it waits for a slow ne
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
 
-from starlette.responses import StreamingResponse
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from model_handler import ChatStream
 from request_context import STREAM_BODY_SEND
 
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_RAW_HEADERS = (
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),  # nginx in front must not buffer the stream
+)
 
 
-class EventStreamResponse(StreamingResponse):
+class EventStreamResponse(Response):
     """`text/event-stream` from a `ChatStream`; each item of the stream is one write."""
 
-    def __init__(self, stream: ChatStream, headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(
-            stream, headers={**SSE_HEADERS, **(headers or {})}, media_type="text/event-stream"
-        )
+    def __init__(self, stream: ChatStream) -> None:
+        # Not Response.__init__: the headers never change, so they are built once.
+        self.status_code = 200
+        self.background = None
+        self.raw_headers = list(_RAW_HEADERS)
         self._stream = stream
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -50,9 +54,15 @@ class EventStreamResponse(StreamingResponse):
                     "headers": self.raw_headers,
                 }
             )
+            ended = False
             async for body in stream:
-                await send_body({"type": "http.response.body", "body": body, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+                if stream.final:  # the end of the response in the same write as [DONE]
+                    ended = True
+                    await send({"type": "http.response.body", "body": body, "more_body": False})
+                else:
+                    await send_body({"type": "http.response.body", "body": body, "more_body": True})
+            if not ended:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             watcher.cancel()
             stream.aclose()
