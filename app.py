@@ -41,6 +41,7 @@ from errors import (
 )
 from guards import Draining, FrontDoor, load_api_keys
 from health import BackendMonitor
+from http_limits import limited_protocol
 from images import ImagePreparer
 from media import MediaPreparer
 from media_fetch import MediaFetcher
@@ -395,7 +396,7 @@ def main() -> None:
             settings.shutdown_grace_seconds + 2 * SHUTDOWN_MARGIN_SECONDS
         ),
         loop="uvloop",
-        http="httptools",
+        http=limited_protocol(settings.max_header_bytes, settings.header_read_timeout),
     )
     # Everything built so far lives as long as the process: keep it out of the cyclic garbage
     # collector's full passes, each of which otherwise walks ~70,000 objects (34 ms here, a

@@ -285,12 +285,22 @@ class Settings(BaseSettings):
     body_read_timeout: float = Field(
         30.0, gt=0, description="Seconds a client may take to send its whole body (else 408)."
     )
+    max_header_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        description="Largest request line plus headers (431 beyond it; `python app.py` only).",
+    )
+    header_read_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a client may take to send a request's line and headers (else 408).",
+    )
     max_messages_per_request: int = Field(
         1000, ge=1, description="Most messages in one chat request."
     )
     max_n: int = Field(8, ge=1, le=128, description="Largest n (choices) one request may ask for.")
     max_in_flight: int = Field(
-        512,
+        1024,
         ge=1,
         description="Most requests handled at once; beyond it 429 with Retry-After.",
     )
