@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from contextlib import asynccontextmanager
@@ -56,6 +57,7 @@ from transcript_formats import Task
 from transcription import TranscriptionService, parse_transcription_form
 from validation import parse_json_body
 from whisper_asr import WhisperTranscriber
+from workers import is_worker, shared_socket, supervise
 
 logger = logging.getLogger("gateway")
 
@@ -383,6 +385,9 @@ def main() -> None:
     """`python app.py`: serve with the settings from the environment."""
     settings = Settings()
     configure_logging(settings.log_level)
+    grace = settings.shutdown_grace_seconds + 2 * SHUTDOWN_MARGIN_SECONDS
+    if settings.workers > 1 and not is_worker():
+        raise SystemExit(supervise(settings, os.path.abspath(__file__), drain_seconds=grace + 5))
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -392,9 +397,7 @@ def main() -> None:
         log_level=settings.log_level,
         access_log=False,  # RequestIdMiddleware writes the access line, with the request id
         # Streams get SHUTDOWN_GRACE_SECONDS, then an error event; uvicorn must wait for that.
-        timeout_graceful_shutdown=int(
-            settings.shutdown_grace_seconds + 2 * SHUTDOWN_MARGIN_SECONDS
-        ),
+        timeout_graceful_shutdown=int(grace),
         loop="uvloop",
         http=limited_protocol(settings.max_header_bytes, settings.header_read_timeout),
     )
@@ -403,7 +406,8 @@ def main() -> None:
     # stall every stream would feel). https://docs.python.org/3/library/gc.html#gc.freeze
     gc.collect()
     gc.freeze()
-    GatewayServer(config, app.state.draining).run()
+    sockets = [shared_socket(settings)] if is_worker() else None
+    GatewayServer(config, app.state.draining).run(sockets=sockets)
 
 
 if __name__ == "__main__":

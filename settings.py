@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     # --- where the gateway listens ---------------------------------------------------------
     host: str = Field("127.0.0.1", description="Interface to bind (0.0.0.0 in containers).")
     port: int = Field(8000, ge=1, le=65535, description="TCP port to listen on.")
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Gateway processes sharing the port, one per core (`python app.py`).",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Logging level of the gateway and uvicorn."
     )
