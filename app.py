@@ -4,7 +4,9 @@ Routes only parse, call one `ModelHandler` method and turn the result into a res
 failure is a `GatewayError` answered in OpenAI's shape by one handler here. A request whose client
 goes away is cancelled at once, which closes its upstream connection so SGLang stops generating.
 
-Run with `python app.py` (settings from the environment) or `uvicorn app:app`.
+Run with `python app.py` (settings from the environment): `main()` adds what a bare
+`uvicorn app:app` lacks: logging with request ids, uvloop and httptools with head limits
+(`http_limits.py`), the drain on SIGTERM (`GatewayServer`), `gc.freeze()` and `WORKERS`.
 """
 
 from __future__ import annotations
