@@ -9,34 +9,27 @@ completion it checks the model name (SGLang does not), fits the conversation to 
   the first token (validation, context overflow, media, overload) is still an HTTP error with the
   right status; after that, failures travel inside the stream as an error event and `[DONE]`.
 
-Streams are relayed in batches: whatever SGLang sent since the client was last written to goes
-out as one write, so a gateway that falls behind in a burst catches up instead of paying per token.
-
-Transport failures (`upstream.TransportError`) are translated here, most specific first
-(`_map_transport_error`). One retry covers a pooled connection that SGLang closed as the request
-was written.
+The stream itself is relayed by `chat_stream.ChatStream`. Transport failures are translated by
+`sglang_format.error_for_transport`; one retry covers a pooled connection that SGLang closed as
+the request was written.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 
+from chat_stream import ChatStream
 from conversation import Conversation, normalise_conversation
 from errors import (
     GatewayError,
     InvalidRequest,
     ModelNotFound,
     UnsupportedContent,
-    UpstreamBadResponse,
     UpstreamError,
-    UpstreamTimeout,
-    UpstreamUnavailable,
 )
 from media import MediaPreparer
 from metrics import Metrics
@@ -47,19 +40,10 @@ from sglang_format import (
     ChunkRewriter,
     SSEDecoder,
     error_for_status,
+    error_for_transport,
     rewrite_completion,
-    stream_error_frame,
 )
-from upstream import (
-    ConnectError,
-    ConnectionClosed,
-    ConnectTimeout,
-    PoolTimeout,
-    ReadTimeout,
-    TransportError,
-    UpstreamClient,
-    UpstreamResponse,
-)
+from upstream import ConnectionClosed, TransportError, UpstreamClient, UpstreamResponse
 
 logger = logging.getLogger("gateway.model_handler")
 
@@ -89,7 +73,6 @@ FORWARDED_FIELDS = (
     "skip_special_tokens",
 )
 
-DONE_FRAME = b"data: [DONE]\n\n"
 _JSON_HEADERS = (("Content-Type", "application/json"),)
 
 # A reused keep-alive connection that SGLang closed just as the request was written fails at once
@@ -111,136 +94,6 @@ def build_upstream_client(settings: Settings) -> UpstreamClient:
         pool_timeout=settings.upstream_connect_timeout,
         keepalive_expiry=settings.upstream_keepalive_expiry,
     )
-
-
-class ChatStream:
-    """An SGLang stream whose first event is already read; iterate it for OpenAI's SSE frames.
-
-    Each item is every frame ready at that moment, joined. Iteration ends with `data: [DONE]`,
-    after an error event if SGLang failed mid-stream or the gateway ended the stream for shutdown
-    (`end_for_shutdown`), and closes the upstream response however it ends. `cancel` (the client
-    left) closes the upstream connection at once, which makes SGLang stop generating, and ends
-    the iteration without an error. `aclose` may be called any number of times.
-    """
-
-    def __init__(
-        self,
-        response: UpstreamResponse,
-        decoder: SSEDecoder,
-        rewriter: ChunkRewriter,
-        handler: ModelHandler,
-    ) -> None:
-        self._response = response
-        self._decoder = decoder
-        self._rewriter = rewriter
-        self._handler = handler
-        self._first = b""
-        self._pending: list[bytes] = []  # payloads read but not translated yet
-        self._done = False  # SGLang's [DONE] was seen
-        self._error: GatewayError | None = None  # carried by SGLang's stream
-        self._ending = False  # ended by the gateway for shutdown
-        self._cancelled = False  # the client left
-        self._closed = False
-        self.final = False  # the item being yielded is the last one: nothing follows it
-
-    async def read_first(self) -> None:
-        """Read up to the first frame meant for the client, raising what SGLang answered
-        instead; that frame is the first item of the iteration, what came with it the next."""
-        rewrite = self._rewriter.rewrite
-        while True:
-            payloads = await self._read()
-            for index, payload in enumerate(payloads):
-                if payload == b"[DONE]":
-                    raise UpstreamBadResponse("The model server's stream ended without a chunk.")
-                chunk = rewrite(payload)
-                if chunk is not None:
-                    self._first = b"data: " + chunk + b"\n\n"
-                    self._pending = payloads[index + 1 :]
-                    self._handler.open_streams.add(self)
-                    return
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        try:
-            yield self._first
-            frames = b""
-            error: GatewayError | None = None
-            try:
-                while True:
-                    payloads, self._pending = self._pending or await self._read(), []
-                    frames = self._translate(payloads)
-                    if self._done or self._error is not None:
-                        break
-                    if frames:
-                        yield frames
-                        frames = b""
-            except GatewayError as exc:
-                error = exc
-            except TransportError as exc:
-                if not (self._ending or self._cancelled):
-                    error = _map_transport_error(exc)
-            if self._cancelled:
-                return
-            error = error or self._error
-            if self._ending:
-                error = UpstreamUnavailable(
-                    "The gateway is shutting down; the response was cut short.", retry_after=1
-                )
-            if error is None:
-                self.final = self._response.complete
-                yield frames + DONE_FRAME
-                await self._read_to_end()
-                return
-            self._handler.record_error(error)
-            self.final = True
-            yield frames + stream_error_frame(error) + DONE_FRAME
-        finally:
-            self.aclose()
-
-    def _translate(self, payloads: list[bytes]) -> bytes:
-        """OpenAI's frames for SGLang's payloads, joined; notes [DONE] and an error event."""
-        rewrite = self._rewriter.rewrite
-        parts: list[bytes] = []
-        try:
-            for payload in payloads:
-                if payload == b"[DONE]":
-                    self._done = True
-                    break
-                chunk = rewrite(payload)
-                if chunk is not None:
-                    parts += (b"data: ", chunk, b"\n\n")
-        except GatewayError as exc:
-            self._error = exc
-        return b"".join(parts)
-
-    async def _read(self) -> list[bytes]:
-        data = await self._response.read_some()
-        if not data:
-            raise UpstreamBadResponse("The model server's stream ended before it was complete.")
-        return self._decoder.feed(data)
-
-    async def _read_to_end(self) -> None:
-        """After [DONE]: the chunked terminator, so that the connection goes back to the pool."""
-        if not self._response.complete:
-            # On failure the connection is closed rather than reused; the client has its answer.
-            with contextlib.suppress(TransportError):
-                await self._response.read()
-
-    def cancel(self) -> None:
-        """The client left: close the upstream connection now; iteration ends quietly."""
-        self._cancelled = True
-        self.aclose()
-
-    def end_for_shutdown(self) -> None:
-        """Cut the stream short: its iteration ends with an error event and `[DONE]`."""
-        self._ending = True
-        self.aclose()
-
-    def aclose(self) -> None:
-        self._response.close()
-        if not self._closed:
-            self._closed = True
-            self._handler.open_streams.discard(self)
-            self._handler.record_usage(self._rewriter.usage)
 
 
 class ModelHandler:
@@ -311,7 +164,7 @@ class ModelHandler:
         try:
             return await response.read()
         except TransportError as exc:
-            raise _map_transport_error(exc) from exc
+            raise error_for_transport(exc) from exc
         finally:
             response.close()  # a cancelled read (the client left) closes the connection
 
@@ -330,7 +183,7 @@ class ModelHandler:
         except BaseException as exc:
             stream.aclose()
             if isinstance(exc, TransportError):
-                raise _map_transport_error(exc) from exc
+                raise error_for_transport(exc) from exc
             raise
         self._record_ttft(time.perf_counter() - started)
         return stream
@@ -450,13 +303,13 @@ class ModelHandler:
                 logger.info("upstream connection closed before an answer; retrying once")
                 response = await client.request("POST", CHAT_PATH, payload, headers=_JSON_HEADERS)
         except TransportError as exc:
-            raise _map_transport_error(exc, retry_after=self._settings.retry_after_seconds) from exc
+            raise error_for_transport(exc, retry_after=self._settings.retry_after_seconds) from exc
         if response.status == 200:
             return response
         try:
             body = await response.read()
         except TransportError as exc:
-            raise _map_transport_error(exc) from exc
+            raise error_for_transport(exc) from exc
         finally:
             response.close()
         raise error_for_status(
@@ -482,21 +335,3 @@ def end_streams_for_shutdown(handler: ModelHandler) -> None:
     """End every open stream with an error event and `[DONE]` (the shutdown grace is over)."""
     for stream in list(handler.open_streams):
         stream.end_for_shutdown()
-
-
-def _map_transport_error(exc: TransportError, *, retry_after: int = 5) -> UpstreamError:
-    """The client's exceptions as the gateway's, the most specific first."""
-    if isinstance(exc, PoolTimeout):
-        return UpstreamUnavailable(
-            "Too many requests are waiting for the model server; retry later.",
-            retry_after=retry_after,
-        )
-    if isinstance(exc, (ConnectError, ConnectTimeout)):
-        return UpstreamUnavailable(
-            "The model server is not reachable; it may still be starting.",
-            retry_after=retry_after,
-        )
-    if isinstance(exc, ReadTimeout):
-        return UpstreamTimeout("The model server did not answer in time.")
-    logger.warning("upstream transport error: %r", exc)
-    return UpstreamBadResponse("The connection to the model server failed mid-response.")

@@ -9,7 +9,8 @@ SGLang's differences (see ../shared/SGLANG.md) and what becomes of them:
 - `finish_reason: "abort"` (SGLang gave up on the request): an error, not a silently short answer;
 - flat error bodies `{"object": "error", "message", "type", "param", "code": <int>}`, plain-string
   auth errors and 500s carrying exception text: typed `errors` with OpenAI's body, status decided by
-  `error_for_status`, SGLang's internal text logged and never passed on.
+  `error_for_status`, SGLang's internal text logged and never passed on;
+- failures below HTTP (`upstream.py`: refused, timed out, cut short): `error_for_transport`.
 
 Everything works on orjson dicts, once per body or chunk: no pydantic on the streaming path.
 """
@@ -25,10 +26,13 @@ from errors import (
     GatewayError,
     RateLimited,
     UpstreamBadResponse,
+    UpstreamError,
     UpstreamFailed,
     UpstreamRejected,
+    UpstreamTimeout,
     UpstreamUnavailable,
 )
+from upstream import ConnectError, ConnectTimeout, PoolTimeout, ReadTimeout, TransportError
 
 logger = logging.getLogger("gateway.upstream")
 
@@ -159,6 +163,25 @@ def error_from_event(error: object, *, retry_after: int = 5) -> GatewayError:
     text = message if isinstance(message, str) else None
     param = error.get("param") if isinstance(error.get("param"), str) else None
     return _error_for_code(status, text, param, retry_after=retry_after)
+
+
+def error_for_transport(exc: TransportError, *, retry_after: int = 5) -> UpstreamError:
+    """The error to answer when talking to SGLang failed below HTTP (`upstream.py`'s
+    exceptions), the most specific first."""
+    if isinstance(exc, PoolTimeout):
+        return UpstreamUnavailable(
+            "Too many requests are waiting for the model server; retry later.",
+            retry_after=retry_after,
+        )
+    if isinstance(exc, (ConnectError, ConnectTimeout)):
+        return UpstreamUnavailable(
+            "The model server is not reachable; it may still be starting.",
+            retry_after=retry_after,
+        )
+    if isinstance(exc, ReadTimeout):
+        return UpstreamTimeout("The model server did not answer in time.")
+    logger.warning("upstream transport error: %r", exc)
+    return UpstreamBadResponse("The connection to the model server failed mid-response.")
 
 
 def stream_error_frame(error: GatewayError) -> bytes:

@@ -1,7 +1,7 @@
 """The server-sent-events response: relays a `ChatStream` to the client and notices it leaving.
 
 This replaces sse-starlette's `EventSourceResponse` on the hot path. The frames are already
-OpenAI's SSE bytes (`model_handler.ChatStream`), so what is left to do per write is one ASGI
+OpenAI's SSE bytes (`chat_stream.ChatStream`), so what is left to do per write is one ASGI
 `send`; sse-starlette spent more than that around it (a cancel scope and a timeout per chunk, and
 a task group of three tasks per response), which measured about as much CPU per token as the
 whole budget of issue 7.
@@ -22,7 +22,7 @@ import asyncio
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from model_handler import ChatStream
+from chat_stream import ChatStream
 from request_context import STREAM_BODY_SEND
 
 _RAW_HEADERS = (

@@ -16,6 +16,7 @@ from errors import UpstreamBadResponse, UpstreamTimeout, UpstreamUnavailable
 from model_handler import ModelHandler, build_upstream_client
 from schemas import ChatCompletionRequest
 from settings import Settings
+from sglang_format import error_for_transport
 from upstream import ConnectTimeout
 
 MODEL = "google/gemma-3n-E4B-it"
@@ -165,7 +166,7 @@ async def test_an_unreachable_server_is_503() -> None:
 
 
 def test_a_connect_timeout_is_503() -> None:
-    error = model_handler._map_transport_error(ConnectTimeout("slow"))
+    error = error_for_transport(ConnectTimeout("slow"))
     assert isinstance(error, UpstreamUnavailable)
 
 
