@@ -437,7 +437,6 @@ class UpstreamClient:
         body: bytes = b"",
         *,
         headers: Iterable[tuple[str, str]] = (),
-        read_timeout: float | None = None,
     ) -> UpstreamResponse:
         """Send one request; return once the status line and headers have arrived.
 
@@ -451,9 +450,7 @@ class UpstreamClient:
         head.append(b"\r\n")
         head.append(body)
         connection = await self._acquire()
-        response = connection.start(
-            b"".join(head), self._read_timeout if read_timeout is None else read_timeout
-        )
+        response = connection.start(b"".join(head), self._read_timeout)
         try:
             await connection.drained()
             await response._head
@@ -462,9 +459,9 @@ class UpstreamClient:
             raise
         return response
 
-    async def get(self, path: str, *, read_timeout: float | None = None) -> tuple[int, bytes]:
+    async def get(self, path: str) -> tuple[int, bytes]:
         """Status and whole body of a GET."""
-        response = await self.request("GET", path, read_timeout=read_timeout)
+        response = await self.request("GET", path)
         try:
             return response.status, await response.read()
         finally:

@@ -761,10 +761,10 @@ async def test_a_server_that_stalls_mid_body_raises_read_timeout() -> None:
 
 
 async def test_a_server_that_never_answers_raises_read_timeout_from_request() -> None:
-    async with running(answer_then(b"", stay_silent)) as (server, client):
+    async with running(answer_then(b"", stay_silent), read_timeout=0.2) as (server, client):
         started = time.monotonic()
         with pytest.raises(ReadTimeout):
-            await bounded(client.request("GET", "/", read_timeout=0.2))  # overrides BOUND
+            await bounded(client.request("GET", "/"))
         assert 0.15 <= time.monotonic() - started < 1.0
         await bounded(server.peers[0].client_gone.wait())
         await eventually(lambda: client.open_connections == 0)
