@@ -32,8 +32,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 
-from audio import AudioDecoder
-from errors import (
+from gateway.api.openapi import install_openapi
+from gateway.api.schemas import ChatCompletionRequest
+from gateway.api.streaming import EventStreamResponse
+from gateway.api.validation import parse_json_body
+from gateway.chat.media import MediaPreparer
+from gateway.errors import (
     GatewayError,
     InvalidRequest,
     ModelNotFound,
@@ -42,24 +46,20 @@ from errors import (
     UpstreamUnavailable,
     error_body,
 )
-from guards import Draining, FrontDoor, load_api_keys
-from health import BackendMonitor
-from http_limits import limited_protocol
-from images import ImagePreparer
-from media import MediaPreparer
-from media_fetch import MediaFetcher
-from metrics import Metrics, MetricsMiddleware
+from gateway.media.audio import AudioDecoder
+from gateway.media.fetch import MediaFetcher
+from gateway.media.images import ImagePreparer
+from gateway.server.guards import Draining, FrontDoor, load_api_keys
+from gateway.server.http_limits import limited_protocol
+from gateway.server.metrics import Metrics, MetricsMiddleware
+from gateway.server.request_context import RequestIdMiddleware, configure_logging
+from gateway.server.workers import is_worker, shared_socket, supervise
+from gateway.settings import Settings
+from gateway.sglang.health import BackendMonitor
+from gateway.speech.formats import Task
+from gateway.speech.transcription import TranscriptionService, parse_transcription_form
+from gateway.speech.whisper_asr import WhisperTranscriber
 from model_handler import ModelHandler, build_upstream_client, end_streams_for_shutdown
-from openapi import install_openapi
-from request_context import RequestIdMiddleware, configure_logging
-from schemas import ChatCompletionRequest
-from settings import Settings
-from streaming import EventStreamResponse
-from transcript_formats import Task
-from transcription import TranscriptionService, parse_transcription_form
-from validation import parse_json_body
-from whisper_asr import WhisperTranscriber
-from workers import is_worker, shared_socket, supervise
 
 logger = logging.getLogger("gateway")
 

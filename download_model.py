@@ -53,7 +53,7 @@ from huggingface_hub.utils import filter_repo_objects  # type: ignore[attr-defin
 from huggingface_hub.utils import tqdm as hf_tqdm  # type: ignore[attr-defined]
 from pydantic import ValidationError
 
-from settings import Settings
+from gateway.settings import Settings
 
 logger = logging.getLogger("download_model")
 

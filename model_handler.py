@@ -10,7 +10,7 @@ completion it checks the model name (SGLang does not), fits the conversation to 
   right status; after that, failures travel inside the stream as an error event and `[DONE]`.
 
 The stream itself is relayed by `chat_stream.ChatStream`. Transport failures are translated by
-`sglang_format.error_for_transport`; one retry covers a pooled connection that SGLang closed as
+`translate.error_for_transport`; one retry covers a pooled connection that SGLang closed as
 the request was written.
 """
 
@@ -22,28 +22,33 @@ from typing import Any
 
 import orjson
 
-from chat_stream import ChatStream
-from conversation import Conversation, normalise_conversation
-from errors import (
+from gateway.api.schemas import ChatCompletionRequest
+from gateway.chat.conversation import Conversation, normalise_conversation
+from gateway.chat.media import MediaPreparer
+from gateway.errors import (
     GatewayError,
     InvalidRequest,
     ModelNotFound,
     UnsupportedContent,
     UpstreamError,
 )
-from media import MediaPreparer
-from metrics import Metrics
-from request_context import request_facts_var
-from schemas import ChatCompletionRequest
-from settings import Settings
-from sglang_format import (
+from gateway.server.metrics import Metrics
+from gateway.server.request_context import request_facts_var
+from gateway.settings import Settings
+from gateway.sglang.chat_stream import ChatStream
+from gateway.sglang.translate import (
     ChunkRewriter,
     SSEDecoder,
     error_for_status,
     error_for_transport,
     rewrite_completion,
 )
-from upstream import ConnectionClosed, TransportError, UpstreamClient, UpstreamResponse
+from gateway.sglang.upstream import (
+    ConnectionClosed,
+    TransportError,
+    UpstreamClient,
+    UpstreamResponse,
+)
 
 logger = logging.getLogger("gateway.model_handler")
 

@@ -26,8 +26,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import audio_factory  # noqa: E402  (tests/ is on the path only from here on)
 
-import audio  # noqa: E402
-from settings import Settings  # noqa: E402
+from gateway.media import audio  # noqa: E402
+from gateway.settings import Settings  # noqa: E402
 
 
 def programme(seconds: float, rate: int, channels: int) -> np.ndarray:

@@ -31,9 +31,9 @@ from PIL import Image, ImageDraw, ImageFilter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from images import ImagePreparer, prepare_payload
-from media_fetch import MediaFetcher
-from settings import Settings
+from gateway.media.fetch import MediaFetcher
+from gateway.media.images import ImagePreparer, prepare_payload
+from gateway.settings import Settings
 
 CACHE_DIR = Path(os.environ.get("BENCH_IMAGES_CACHE", "/tmp/bench_images_cache"))  # noqa: S108
 

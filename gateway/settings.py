@@ -93,7 +93,7 @@ class Settings(BaseSettings):
         5, ge=1, description="Retry-After sent with 503 while SGLang is down or loading."
     )
 
-    # --- images (issue 3: images.py, media_fetch.py) ---------------------------------------
+    # --- images (issue 3: images.py, fetch.py) ---------------------------------------
     max_image_bytes: int = Field(
         20 * 1024 * 1024,
         ge=1024,

@@ -26,8 +26,8 @@ import whisper_factory
 from fake_sglang import FakeSGLang
 
 from app import create_app
-from settings import Settings
-from whisper_asr import WhisperTranscriber
+from gateway.settings import Settings
+from gateway.speech.whisper_asr import WhisperTranscriber
 
 MODEL = "google/gemma-3n-E4B-it"
 

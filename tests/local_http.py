@@ -1,6 +1,6 @@
 """A real HTTP server on 127.0.0.1 in a thread, and a trap socket that records connections.
 
-Used by tests/test_media_fetch.py and tests/test_images.py: fetching is tested against real
+Used by tests/gateway/media/test_fetch.py and test_images.py: fetching is tested against real
 sockets (redirects, timeouts, endless bodies), never against a mock transport, because the guards
 live where sockets are opened.
 """

@@ -14,7 +14,7 @@ from conftest import MODEL, ServerThread, gateway_settings, wait_for_log
 from fake_sglang import FakeSGLang
 
 from app import create_app
-from request_context import RequestIdFilter
+from gateway.server.request_context import RequestIdFilter
 
 REPLY = "Hello from the fake SGLang."
 ID_PATTERN = re.compile(r"^chatcmpl-[0-9a-f]{32}$")

@@ -25,7 +25,7 @@ import asyncio, json, sys
 import httpx
 
 import app
-from settings import Settings
+from gateway.settings import Settings
 
 HEAVY = {heavy!r}
 

@@ -40,8 +40,8 @@ from schemathesis import GenerationMode
 from schemathesis.transport.serialization import Binary
 
 from app import create_app
-from openapi import UNDESCRIBED, build_openapi, install_openapi
-from settings import Settings
+from gateway.api.openapi import UNDESCRIBED, build_openapi, install_openapi
+from gateway.settings import Settings
 
 FUZZ_MAX_EXAMPLES = int(os.environ.get("FUZZ_MAX_EXAMPLES", "100"))
 MiB = 1024 * 1024

@@ -12,12 +12,12 @@ import orjson
 import pytest
 
 import model_handler
-from errors import UpstreamBadResponse, UpstreamTimeout, UpstreamUnavailable
+from gateway.api.schemas import ChatCompletionRequest
+from gateway.errors import UpstreamBadResponse, UpstreamTimeout, UpstreamUnavailable
+from gateway.settings import Settings
+from gateway.sglang.translate import error_for_transport
+from gateway.sglang.upstream import ConnectTimeout
 from model_handler import ModelHandler, build_upstream_client
-from schemas import ChatCompletionRequest
-from settings import Settings
-from sglang_format import error_for_transport
-from upstream import ConnectTimeout
 
 MODEL = "google/gemma-3n-E4B-it"
 COMPLETION = orjson.dumps(

@@ -10,7 +10,7 @@ and cached, so routes added after the call are documented too:
   moved into `components/schemas`), answered by a `chat.completion` or a `text/event-stream`;
 - `POST /v1/audio/transcriptions` and `/translations`: OpenAI's multipart form;
 - `GET /v1/models`, `/v1/models/{model_id}`, `/health`, `/health/ready`, `/metrics`;
-- every error status each route can answer (`guards.py`, `app.py`, `sglang_format.py`), all with
+- every error status each route can answer (`guards.py`, `app.py`, `sglang/translate.py`), all with
   OpenAI's body ``{"error": {"message", "type", "param", "code"}}`` (`errors.error_body`).
 
 The paths come from the app's routes: a route `_operations` does not describe still appears, with
@@ -28,8 +28,8 @@ from typing import Any, Final, get_args
 from fastapi import FastAPI
 from starlette.routing import Route
 
-from schemas import ChatCompletionRequest
-from transcript_formats import ResponseFormat
+from gateway.api.schemas import ChatCompletionRequest
+from gateway.speech.formats import ResponseFormat
 
 JSONObject = dict[str, Any]
 

@@ -3,7 +3,7 @@
 The models validate a client's request: types, ranges and required fields, strictly (a string is
 not a number). Fields OpenAI defines that Gemma 3n cannot honour are accepted here and decided on
 in `model_handler.py`; unknown fields are ignored and never forwarded. Responses are not modelled
-as classes: the gateway rewrites SGLang's JSON in place (see `sglang_format.py`) rather than pay
+as classes: the gateway rewrites SGLang's JSON in place (see `sglang/translate.py`) rather than pay
 for a pydantic round trip per streamed chunk.
 
 Reference: https://platform.openai.com/docs/api-reference/chat/create

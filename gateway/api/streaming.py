@@ -22,8 +22,8 @@ import asyncio
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from chat_stream import ChatStream
-from request_context import STREAM_BODY_SEND
+from gateway.server.request_context import STREAM_BODY_SEND
+from gateway.sglang.chat_stream import ChatStream
 
 _RAW_HEADERS = (
     (b"content-type", b"text/event-stream; charset=utf-8"),

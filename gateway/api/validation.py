@@ -12,7 +12,7 @@ from typing import TypeVar
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from errors import InvalidRequest
+from gateway.errors import InvalidRequest
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 

@@ -25,8 +25,8 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-from errors import InvalidRequest, UnsupportedContent
-from schemas import ChatMessage, ContentPart
+from gateway.api.schemas import ChatMessage, ContentPart
+from gateway.errors import InvalidRequest, UnsupportedContent
 
 TEXT_JOINER = "\n\n"
 MEDIA_PART_TYPES = frozenset({"image_url", "input_audio", "audio_url"})

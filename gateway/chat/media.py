@@ -4,7 +4,7 @@ SGLang must only ever receive small, clean `data:` URLs (it would otherwise down
 is handed, or read local paths), and Gemma 3n hears audio only as 16 kHz clips of at most 30 s.
 So, for the parts `conversation.py` listed:
 
-- `image_url`: fetched (if http(s)) under `media_fetch.py`'s guards, checked, normalised and
+- `image_url`: fetched (if http(s)) under `media/fetch.py`'s guards, checked, normalised and
   re-encoded by `images.py`; the part then carries a JPEG `data:` URL;
 - `input_audio` / `audio_url`: the bytes (base64, `data:` URL or guarded fetch) are decoded by
   `audio.py`, then, by `AUDIO_MODE`:
@@ -27,21 +27,21 @@ from typing import Any, TypeVar
 
 import anyio
 
-from audio import (
+from gateway.chat.conversation import Conversation, MediaPart, join_adjacent_text
+from gateway.errors import GatewayError, InvalidRequest, UnsupportedContent
+from gateway.media.audio import (
     DECLARED_FORMATS,
     AudioDecoder,
     DecodedAudio,
     clip_to_wav_data_url,
     split_into_clips,
 )
-from conversation import Conversation, MediaPart, join_adjacent_text
-from errors import GatewayError, InvalidRequest, UnsupportedContent
-from health import Capabilities
-from images import ImagePreparer
-from media_fetch import MediaFetcher
-from metrics import Metrics
-from settings import Settings
-from whisper_asr import WhisperTranscriber
+from gateway.media.fetch import MediaFetcher
+from gateway.media.images import ImagePreparer
+from gateway.server.metrics import Metrics
+from gateway.settings import Settings
+from gateway.sglang.health import Capabilities
+from gateway.speech.whisper_asr import WhisperTranscriber
 
 logger = logging.getLogger("gateway.media")
 

@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import anyio
 import anyio.to_thread
 
-import errors
-from settings import Settings
+from gateway import errors
+from gateway.settings import Settings
 
 # PyAV, NumPy and soxr are imported where audio is decoded, not here (idle memory, issue 7).
 if TYPE_CHECKING:

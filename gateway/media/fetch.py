@@ -41,8 +41,8 @@ import anyio
 import httpcore
 import httpx
 
-import errors
-from settings import Settings
+from gateway import errors
+from gateway.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -243,7 +243,7 @@ class _GuardedTransport(httpx.AsyncHTTPTransport):
     """httpx's own transport (request building, error mapping) over the guarded backend.
 
     httpx 0.28 has no `network_backend` argument, so the pool it built is replaced by the same
-    pool with ours; `tests/test_media_fetch.py` proves the backend is the one used.
+    pool with ours; `tests/gateway/media/test_fetch.py` proves the backend is the one used.
     """
 
     def __init__(self, policy: AddressPolicy, *, max_connections: int) -> None:

@@ -1,7 +1,7 @@
 """Image input: every image a client sends becomes a small, clean JPEG data: URL for SGLang.
 
 Owns `ImagePreparer`, which takes the `url` of an OpenAI ``image_url`` part (a ``data:`` URL or an
-``http(s)`` URL, fetched through `media_fetch.MediaFetcher`) and returns the ``data:`` URL the
+``http(s)`` URL, fetched through `fetch.MediaFetcher`) and returns the ``data:`` URL the
 gateway forwards. SGLang is never given anything it would fetch or read itself.
 
 What a prepared image is, and why:
@@ -53,15 +53,15 @@ from urllib.parse import unquote_to_bytes
 
 import anyio.to_thread
 
-import errors
+from gateway import errors
 
 # Pillow, pillow-heif and pybase64 are imported where images are decoded (in the pool's workers),
 # not here (idle memory, issue 7).
 if TYPE_CHECKING:
     from PIL import Image
 
-    from media_fetch import MediaFetcher
-    from settings import Settings
+    from gateway.media.fetch import MediaFetcher
+    from gateway.settings import Settings
 
 logger = logging.getLogger(__name__)
 

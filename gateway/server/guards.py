@@ -28,7 +28,7 @@ from pathlib import Path
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from errors import (
+from gateway.errors import (
     AuthenticationFailed,
     GatewayError,
     PayloadTooLarge,
@@ -36,8 +36,8 @@ from errors import (
     RequestTimeout,
     UpstreamUnavailable,
 )
-from request_context import key_id_var
-from settings import Settings
+from gateway.server.request_context import key_id_var
+from gateway.settings import Settings
 
 logger = logging.getLogger("gateway.guards")
 

@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from errors import error_body
+from gateway.errors import error_body
 
 
 class _HeadTooLarge(Exception):

@@ -23,7 +23,7 @@ import sys
 import time
 from types import FrameType
 
-from settings import Settings
+from gateway.settings import Settings
 
 logger = logging.getLogger("gateway.workers")
 

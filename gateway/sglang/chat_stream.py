@@ -16,9 +16,14 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
-from errors import GatewayError, UpstreamBadResponse, UpstreamUnavailable
-from sglang_format import ChunkRewriter, SSEDecoder, error_for_transport, stream_error_frame
-from upstream import TransportError, UpstreamResponse
+from gateway.errors import GatewayError, UpstreamBadResponse, UpstreamUnavailable
+from gateway.sglang.translate import (
+    ChunkRewriter,
+    SSEDecoder,
+    error_for_transport,
+    stream_error_frame,
+)
+from gateway.sglang.upstream import TransportError, UpstreamResponse
 
 DONE_FRAME = b"data: [DONE]\n\n"
 

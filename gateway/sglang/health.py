@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import anyio
 import orjson
 
-from settings import Settings
-from upstream import TransportError, UpstreamClient
+from gateway.settings import Settings
+from gateway.sglang.upstream import TransportError, UpstreamClient
 
 logger = logging.getLogger("gateway.health")
 

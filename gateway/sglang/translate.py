@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from errors import (
+from gateway.errors import (
     GatewayError,
     RateLimited,
     UpstreamBadResponse,
@@ -32,7 +32,13 @@ from errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from upstream import ConnectError, ConnectTimeout, PoolTimeout, ReadTimeout, TransportError
+from gateway.sglang.upstream import (
+    ConnectError,
+    ConnectTimeout,
+    PoolTimeout,
+    ReadTimeout,
+    TransportError,
+)
 
 logger = logging.getLogger("gateway.upstream")
 

@@ -21,7 +21,7 @@ bodies) and does only that:
 - closing a response that was not read to the end closes its connection, which is what tells
   SGLang to stop generating.
 
-Failures are raised as the `TransportError` family below; `sglang_format.error_for_transport`
+Failures are raised as the `TransportError` family below; `translate.error_for_transport`
 maps them to the gateway's errors.
 """
 

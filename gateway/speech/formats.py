@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import orjson
 
-from whisper_asr import TranscriptResult, TranscriptSegment
+from gateway.speech.whisper_asr import TranscriptResult, TranscriptSegment
 
 ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
 Task = Literal["transcribe", "translate"]

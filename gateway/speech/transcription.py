@@ -3,7 +3,7 @@
 Owns the service behind those routes, from the form fields to the bytes of the response:
 `parse_transcription_form` checks OpenAI's fields (plain strings, no FastAPI) with OpenAI-style
 400s; `TranscriptionService.transcribe` applies the upload limit (413), routes by `model`, decodes
-(`audio.py`), transcribes, and renders the format asked for (`transcript_formats.py`).
+(`audio.py`), transcribes, and renders the format asked for (`formats.py`).
 
 `whisper-1` or an official Whisper name (tiny, base.en, large-v3, turbo, ...) runs the one
 configured WHISPER_MODEL locally (`whisper_asr.py`), whichever Whisper name was given, as OpenAI's
@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Final, cast, get_args
 
 import anyio
 
-import errors
-from audio import (
+from gateway import errors
+from gateway.media.audio import (
     DECLARED_FORMATS,
     SAMPLE_RATE,
     AudioDecoder,
@@ -44,12 +44,12 @@ from audio import (
     clip_to_wav_data_url,
     split_into_clips,
 )
-from settings import Settings
-from transcript_formats import ResponseFormat, Task, render
-from whisper_asr import TranscriptResult, TranscriptSegment, WhisperTranscriber
+from gateway.settings import Settings
+from gateway.speech.formats import ResponseFormat, Task, render
+from gateway.speech.whisper_asr import TranscriptResult, TranscriptSegment, WhisperTranscriber
 
 if TYPE_CHECKING:  # audio.py defines it only for type checkers (NumPy loads lazily, issue 7)
-    from audio import Samples
+    from gateway.media.audio import Samples
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import anyio
 import anyio.to_thread
 
-import errors
-from settings import Settings
+from gateway import errors
+from gateway.settings import Settings
 
 if TYPE_CHECKING:  # NumPy is imported where audio is handled, not here (idle memory, issue 7)
     import numpy as np

@@ -18,7 +18,7 @@ from fake_sglang import FakeSGLang
 from local_http import serve, static
 from PIL import Image
 
-from media import TRANSCRIPT_LABEL
+from gateway.chat.media import TRANSCRIPT_LABEL
 
 CHAT = "/v1/chat/completions"
 

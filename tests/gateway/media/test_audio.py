@@ -19,9 +19,9 @@ import av
 import numpy as np
 import pytest
 
-import audio
-import errors
-from settings import Settings
+from gateway import errors
+from gateway.media import audio
+from gateway.settings import Settings
 
 PARAM = "messages[0].content[1].input_audio"
 SETTINGS = Settings(_env_file=None)  # type: ignore[call-arg]

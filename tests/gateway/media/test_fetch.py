@@ -1,4 +1,4 @@
-"""media_fetch.MediaFetcher against a real HTTP server on 127.0.0.1, and its address guards."""
+"""fetch.MediaFetcher against a real HTTP server on 127.0.0.1, and its address guards."""
 
 from __future__ import annotations
 
@@ -26,10 +26,10 @@ from local_http import (
     trickle,
 )
 
-import errors
-import media_fetch
-from media_fetch import AddressPolicy, MediaFetcher, parse_ip_literal
-from settings import Settings
+from gateway import errors
+from gateway.media import fetch as media_fetch
+from gateway.media.fetch import AddressPolicy, MediaFetcher, parse_ip_literal
+from gateway.settings import Settings
 
 pytestmark = pytest.mark.anyio
 

@@ -29,11 +29,11 @@ from image_factory import (
 from local_http import ServerState, serve, static
 from PIL import Image, ImageOps
 
-import errors
-import images
-from images import ImagePreparer, PreparedCache, sniff_format
-from media_fetch import MediaFetcher
-from settings import Settings
+from gateway import errors
+from gateway.media import images
+from gateway.media.fetch import MediaFetcher
+from gateway.media.images import ImagePreparer, PreparedCache, sniff_format
+from gateway.settings import Settings
 
 pytestmark = pytest.mark.anyio
 

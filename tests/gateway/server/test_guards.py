@@ -24,7 +24,7 @@ from fake_sglang import FakeSGLang
 CHAT = "/v1/chat/completions"
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
 KEY = "sk-test-0123456789abcdef"
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]  # the repository: tests/gateway/server/ -> /
 
 
 def _error(response: httpx.Response, status: int, code: str | None = None) -> dict[str, object]:

@@ -20,7 +20,7 @@ from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
-from metrics import UPSTREAM_ERROR_KINDS, Metrics, MetricsMiddleware
+from gateway.server.metrics import UPSTREAM_ERROR_KINDS, Metrics, MetricsMiddleware
 
 ROUTES = ("/ok", "/stream", "/boom", "/in-flight", "/late-work", "/v1/models/{model_id:path}")
 

@@ -7,14 +7,14 @@ import random
 import orjson
 import pytest
 
-from errors import (
+from gateway.errors import (
     RateLimited,
     UpstreamBadResponse,
     UpstreamFailed,
     UpstreamRejected,
     UpstreamUnavailable,
 )
-from sglang_format import (
+from gateway.sglang.translate import (
     ChunkRewriter,
     SSEDecoder,
     error_for_status,

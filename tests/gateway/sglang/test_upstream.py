@@ -23,8 +23,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-import upstream
-from upstream import (
+from gateway.sglang import upstream
+from gateway.sglang.upstream import (
     ConnectError,
     ConnectionClosed,
     ConnectTimeout,

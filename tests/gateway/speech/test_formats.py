@@ -1,4 +1,4 @@
-"""Tests of transcript_formats.py: OpenAI's five response formats from a transcript, directly.
+"""Tests of speech/formats.py: OpenAI's five response formats from a transcript, directly.
 
 The service tests (test_transcription.py) render real transcripts; these pin the edges of the
 subtitle formats that real transcripts rarely reach: hours, rounding, empty and awkward text.
@@ -10,8 +10,8 @@ import json
 
 import pytest
 
-from transcript_formats import format_srt, format_vtt, render
-from whisper_asr import TranscriptResult, TranscriptSegment
+from gateway.speech.formats import format_srt, format_vtt, render
+from gateway.speech.whisper_asr import TranscriptResult, TranscriptSegment
 
 
 def segment(id_: int, start: float, end: float, text: str) -> TranscriptSegment:

@@ -27,10 +27,10 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-import audio
-import errors
-from settings import Settings
-from transcription import (
+from gateway import errors
+from gateway.media import audio
+from gateway.settings import Settings
+from gateway.speech.transcription import (
     GEMMA_CLIP_CONCURRENCY,
     TranscriptionRequest,
     TranscriptionService,
@@ -38,7 +38,7 @@ from transcription import (
     is_whisper_model,
     parse_transcription_form,
 )
-from whisper_asr import WhisperTranscriber
+from gateway.speech.whisper_asr import WhisperTranscriber
 
 pytestmark = pytest.mark.anyio
 

@@ -17,10 +17,10 @@ import audio_factory as factory
 import numpy as np
 import pytest
 
-import audio
-import errors
-from settings import Settings
-from whisper_asr import TranscriptResult, WhisperTranscriber
+from gateway import errors
+from gateway.media import audio
+from gateway.settings import Settings
+from gateway.speech.whisper_asr import TranscriptResult, WhisperTranscriber
 
 if not WhisperTranscriber.is_installed() and os.environ.get("CI") != "true":
     pytest.skip("openai-whisper is not installed (it is in CI)", allow_module_level=True)
