@@ -9,6 +9,11 @@ completion it checks the model name (SGLang does not), fits the conversation to 
   the first token (validation, context overflow, media, overload) is still an HTTP error with the
   right status; after that, failures travel inside the stream as an error event and `[DONE]`.
 
+Tools (`gateway.chat.tools`) are rendered into the conversation, never forwarded: SGLang has no
+tool parser for Gemma 3n. When the model must call, decoding is constrained to calls; the output
+is read for calls (`gateway.chat.tool_output`) before it reaches the client. The Responses API
+(`gateway.responses`) runs on the same steps: `prepare_chat`, then `complete` or `open_stream`.
+
 The stream itself is relayed by `chat_stream.ChatStream`. Transport failures are translated by
 `translate.error_for_transport`; one retry covers a pooled connection that SGLang closed as
 the request was written.
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -25,6 +31,8 @@ import orjson
 from gateway.api.schemas import ChatCompletionRequest
 from gateway.chat.conversation import Conversation, normalise_conversation
 from gateway.chat.media import MediaPreparer
+from gateway.chat.tool_output import ToolCallChunks, apply_to_completion
+from gateway.chat.tools import ToolPlan, plan_tools
 from gateway.errors import (
     GatewayError,
     InvalidRequest,
@@ -35,13 +43,14 @@ from gateway.errors import (
 from gateway.server.metrics import Metrics
 from gateway.server.request_context import request_facts_var
 from gateway.settings import Settings
-from gateway.sglang.chat_stream import ChatStream
+from gateway.sglang.chat_stream import ChatStream, StreamTranslator
 from gateway.sglang.translate import (
     ChunkRewriter,
     SSEDecoder,
+    completion_usage,
     error_for_status,
     error_for_transport,
-    rewrite_completion,
+    read_completion,
 )
 from gateway.sglang.upstream import (
     ConnectionClosed,
@@ -101,6 +110,17 @@ def build_upstream_client(settings: Settings) -> UpstreamClient:
     )
 
 
+@dataclass(frozen=True)
+class PreparedChat:
+    """A chat request made ready for SGLang: the upstream body and what shapes the answer."""
+
+    payload: bytes
+    model: str  # the name the client asked for, echoed in the answer
+    tools: ToolPlan | None
+    conversation: Conversation  # as sent; its media parts say what they were prepared into
+    include_usage: bool  # a stream's client asked for the usage chunk
+
+
 class ModelHandler:
     """Chat completions against SGLang for the one model this gateway serves."""
 
@@ -128,10 +148,15 @@ class ModelHandler:
 
     async def create_chat_completion(self, request: ChatCompletionRequest) -> bytes:
         """OpenAI's `chat.completion` body for a non-streaming request."""
-        payload = await self._upstream_payload(request, stream=False)
-        body, usage = rewrite_completion(await self._complete(payload), request.model)
-        self.record_usage(usage)
-        return body
+        return orjson.dumps(await self.complete(await self.prepare_chat(request, stream=False)))
+
+    async def complete(self, prepared: PreparedChat) -> dict[str, Any]:
+        """OpenAI's `chat.completion` for a prepared non-streaming request, decoded."""
+        completion = read_completion(await self._complete(prepared.payload), prepared.model)
+        if prepared.tools is not None and prepared.tools.offered:
+            apply_to_completion(completion, prepared.tools)
+        self.record_usage(completion_usage(completion))
+        return completion
 
     async def transcribe_clip(
         self, clip_url: str, language: str | None, instruction: str, temperature: float
@@ -156,11 +181,8 @@ class ModelHandler:
             "max_tokens": self._settings.default_max_tokens,
             "temperature": temperature,
         }
-        body, usage = rewrite_completion(
-            await self._complete(orjson.dumps(payload)), self.model_name
-        )
-        self.record_usage(usage)
-        completion = orjson.loads(body)
+        completion = read_completion(await self._complete(orjson.dumps(payload)), self.model_name)
+        self.record_usage(completion_usage(completion))
         return str(completion["choices"][0]["message"].get("content") or "")
 
     async def _complete(self, payload: bytes) -> bytes:
@@ -175,14 +197,23 @@ class ModelHandler:
 
     async def stream_chat_completion(self, request: ChatCompletionRequest) -> ChatStream:
         """A stream positioned after its first event, or the error SGLang answered instead."""
-        started = time.perf_counter()
-        payload = await self._upstream_payload(request, stream=True)
-        response = await self._send(payload)
-        options = request.stream_options
-        rewriter = ChunkRewriter(
-            request.model, forward_usage=bool(options is not None and options.include_usage)
+        prepared = await self.prepare_chat(request, stream=True)
+        return await self.open_stream(prepared, self.chat_chunks(prepared))
+
+    def chat_chunks(self, prepared: PreparedChat) -> ChunkRewriter:
+        """The translator of a chat stream: OpenAI's chunks, calls read from the text."""
+        tools = prepared.tools
+        return ChunkRewriter(
+            prepared.model,
+            forward_usage=prepared.include_usage,
+            transform=ToolCallChunks(tools) if tools is not None and tools.offered else None,
         )
-        stream = ChatStream(response, SSEDecoder(), rewriter, self)
+
+    async def open_stream(self, prepared: PreparedChat, translator: StreamTranslator) -> ChatStream:
+        """SGLang's stream for `prepared`, read up to its first frame for the client."""
+        started = time.perf_counter()
+        response = await self._send(prepared.payload)
+        stream = ChatStream(response, SSEDecoder(), translator, self)
         try:
             await stream.read_first()
         except BaseException as exc:
@@ -220,12 +251,15 @@ class ModelHandler:
 
     # --- building the upstream request --------------------------------------------------------
 
-    async def _upstream_payload(self, request: ChatCompletionRequest, *, stream: bool) -> bytes:
+    async def prepare_chat(self, request: ChatCompletionRequest, *, stream: bool) -> PreparedChat:
+        """Check `request`, fit its conversation, prepare its media and build SGLang's body."""
         self.check_model(request.model)
-        _refuse_tool_choice(request)
+        _refuse_audio_output(request)
+        tools = plan_tools(request)
         self._check_counts(request)
         max_tokens = self._max_tokens(request)
-        conversation = await self._conversation(request)
+        constraint = _constraint(request, tools)
+        conversation = await self._conversation(request, tools)
         payload: dict[str, Any] = {
             "model": self._settings.model_name,
             "messages": conversation.messages,
@@ -235,7 +269,9 @@ class ModelHandler:
             value = getattr(request, name)
             if value is not None:
                 payload[name] = value
-        if request.response_format is not None:
+        if constraint is not None:
+            payload["response_format"] = constraint
+        elif request.response_format is not None:
             payload["response_format"] = request.response_format.model_dump(
                 by_alias=True, exclude_none=True
             )
@@ -246,13 +282,22 @@ class ModelHandler:
         facts = request_facts_var.get(None)
         if facts is not None:
             facts["model"] = request.model
-        return orjson.dumps(payload)
+        options = request.stream_options
+        return PreparedChat(
+            orjson.dumps(payload),
+            request.model,
+            tools,
+            conversation,
+            include_usage=bool(options is not None and options.include_usage),
+        )
 
-    async def _conversation(self, request: ChatCompletionRequest) -> Conversation:
+    async def _conversation(
+        self, request: ChatCompletionRequest, tools: ToolPlan | None
+    ) -> Conversation:
         """Gemma-ready messages, with images and audio prepared (cheap checks come first)."""
         if self._media is None:
-            return normalise_conversation(request.messages)
-        conversation = normalise_conversation(request.messages, self._media.accepted_kinds)
+            return normalise_conversation(request.messages, tools=tools)
+        conversation = normalise_conversation(request.messages, self._media.accepted_kinds, tools)
         await self._media.prepare(conversation)
         return conversation
 
@@ -322,18 +367,37 @@ class ModelHandler:
         )
 
 
-def _refuse_tool_choice(request: ChatCompletionRequest) -> None:
-    """Tools are accepted and ignored ("auto": the model chose to answer in text); requiring a
-    call cannot be honoured, since SGLang has no tool-call parser for Gemma 3n."""
-    choice = request.tool_choice
-    if choice is None or choice in ("auto", "none"):
-        return
-    raise UnsupportedContent(
-        "tool_choice "
-        + (f"'{choice}'" if isinstance(choice, str) else "naming a function")
-        + " cannot be honoured: Gemma 3n on this gateway has no tool calling.",
-        param="tool_choice",
-    )
+def _refuse_audio_output(request: ChatCompletionRequest) -> None:
+    """Gemma 3n hears but does not speak: asking for audio out is a 400, not silent text."""
+    if request.modalities is not None and any(m != "text" for m in request.modalities):
+        raise UnsupportedContent(
+            "Only the 'text' output modality is supported: Gemma 3n on this gateway does not "
+            f"produce {', '.join(repr(m) for m in request.modalities if m != 'text')} output.",
+            param="modalities",
+        )
+    if request.audio is not None:
+        raise UnsupportedContent(
+            "Audio output is not supported: Gemma 3n on this gateway answers in text only.",
+            param="audio",
+        )
+
+
+def _constraint(request: ChatCompletionRequest, tools: ToolPlan | None) -> dict[str, Any] | None:
+    """SGLang's constraint that makes the model call when it must (`tools.ToolPlan.constraint`).
+
+    A call is the answer then, so `response_format` (which shapes text) gives way to it; SGLang
+    takes one constraint per request, so a `regex` or `ebnf` of the client's cannot join it.
+    """
+    constraint = tools.constraint() if tools is not None else None
+    if constraint is not None:
+        for name in ("regex", "ebnf"):
+            if getattr(request, name) is not None:
+                raise InvalidRequest(
+                    f"'{name}' cannot be combined with a tool_choice that requires a call: both "
+                    "constrain the output.",
+                    param=name,
+                )
+    return constraint
 
 
 def end_streams_for_shutdown(handler: ModelHandler) -> None:

@@ -17,7 +17,7 @@ response in one place (`app.py`). Each class fixes the HTTP status and OpenAI's 
         ├── UpstreamFailed               (500: SGLang raised; its text is logged, never sent)
         ├── UpstreamBadResponse          (502: garbage, truncated body, unexpected status)
         ├── UpstreamUnavailable          (503: refused, loading, overloaded; Retry-After)
-        └── UpstreamTimeout              (504)
+        └── UpstreamTimeout              (504; x-should-retry: false)
 
 The body is OpenAI's: ``{"error": {"message", "type", "param", "code"}}`` with `code` a string or
 null, which the `openai` SDK turns into `BadRequestError`, `NotFoundError`, `APIStatusError`...
@@ -158,11 +158,18 @@ class UpstreamUnavailable(UpstreamError):
 
 
 class UpstreamTimeout(UpstreamError):
-    """SGLang did not answer within the configured time."""
+    """SGLang did not answer within the configured time.
+
+    SGLang may still be generating for the request, so the `openai` SDKs are told not to send
+    it again (they retry a 5xx unless `x-should-retry` says "false").
+    """
 
     status_code = 504
     error_type = "server_error"
     default_code = "timeout"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"x-should-retry": "false"})
 
 
 def error_body(

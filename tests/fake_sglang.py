@@ -20,7 +20,11 @@ Gemma 3n (see `/work/shared/SGLANG.md` and, for the shapes, SGLang's
 * faults: mid-stream error events, overload, 500 with a traceback, garbage, truncated bodies
   (before the first token or mid-stream), hangs, killed connections, aborted generations, context
   overflow; and `reset_reused_connections`, a keep-alive connection reset just as it is reused;
-* `start_together`: requests held until a whole batch of them is in flight (load tests).
+* `start_together`: requests held until a whole batch of them is in flight (load tests);
+* constrained decoding: a `response_format` of type `json_schema` (or `json_object`) makes the
+  reply valid JSON for that schema, as SGLang's grammar backend (xgrammar) would: the scripted
+  `reply_tokens` when they already match it, else the schema's first instance (`_instance`);
+  an invalid schema is a 400.
 
 Knobs are plain attributes read at the start of each chat request; records are read from the test
 thread under a lock. Nothing here is imported by the service.
@@ -43,6 +47,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
+import jsonschema
 import orjson
 import uvicorn
 
@@ -114,6 +119,7 @@ class _Chat:
     prompt_tokens: int
     images: int
     audios: int
+    schema: dict[str, Any] | None = None  # the JSON Schema decoding is constrained to
 
 
 @dataclass(frozen=True)
@@ -304,7 +310,9 @@ def _parse_chat(body: bytes, headers: dict[str, str], image_ok: bool, audio_ok: 
     )
     if prompt_tokens >= CONTEXT_LENGTH:
         raise _BadRequest(_context_overflow(prompt_tokens))
+    schema = _constraint_schema(request.get("response_format"))
     return _Chat(
+        schema=schema,
         model=model,
         stream=bool(request.get("stream")),
         n=n,
@@ -324,12 +332,74 @@ def _context_overflow(tokens: int) -> str:
     )
 
 
+def _constraint_schema(response_format: Any) -> dict[str, Any] | None:
+    """The JSON Schema a `response_format` constrains decoding to, checked as SGLang would."""
+    if not isinstance(response_format, dict):
+        return None
+    kind = response_format.get("type")
+    if kind == "json_object":
+        return {"type": "object"}
+    if kind != "json_schema":
+        return None
+    spec = response_format.get("json_schema")
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    if not isinstance(schema, dict):
+        raise _schema_error("('body', 'response_format', 'json_schema', 'schema'): Field required")
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise _BadRequest(f"Failed to compile the JSON schema: {exc.message}") from exc
+    return schema
+
+
+def _constrained_tokens(tokens: tuple[str, ...], schema: dict[str, Any]) -> tuple[str, ...]:
+    """What a grammar-constrained generation emits: the scripted reply if it fits, else the
+    schema's first instance, in pieces of a few characters (as tokens would come)."""
+    try:
+        if jsonschema.Draft202012Validator(schema).is_valid(orjson.loads("".join(tokens))):
+            return tokens
+    except orjson.JSONDecodeError:
+        pass
+    text = orjson.dumps(_instance(schema, schema)).decode()
+    return tuple(text[i : i + 3] for i in range(0, len(text), 3))
+
+
+def _instance(schema: Any, root: dict[str, Any]) -> Any:
+    """The first value `schema` admits, the way a grammar walks it: first branches, every
+    property in order, one item per array."""
+    if not isinstance(schema, dict):
+        return None
+    if "$ref" in schema:
+        target: Any = root
+        for key in schema["$ref"].removeprefix("#/").split("/"):
+            target = target[key]
+        return _instance(target, root)
+    if "const" in schema:
+        return schema["const"]
+    if "enum" in schema:
+        return schema["enum"][0]
+    for branches in ("anyOf", "oneOf", "allOf"):
+        if branches in schema:
+            return _instance(schema[branches][0], root)
+    kind = schema.get("type", "object")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object":
+        properties = schema.get("properties", {})
+        return {name: _instance(sub, root) for name, sub in properties.items()}
+    if kind == "array":
+        count = max(1, schema.get("minItems", 0)) if schema.get("maxItems") != 0 else 0
+        return [_instance(schema.get("items", {}), root) for _ in range(count)]
+    return {"string": "fake", "integer": 0, "number": 0.5, "boolean": True}.get(kind)
+
+
 def _generate(plan: _Plan, chat: _Chat) -> tuple[list[str], str, str | int | None]:
     """The tokens one choice emits, its finish_reason and its matched_stop."""
     if plan.fault == "abort":
         return list(plan.tokens[: plan.fault_after_tokens]), "abort", None
+    tokens = plan.tokens if chat.schema is None else _constrained_tokens(plan.tokens, chat.schema)
     emitted: list[str] = []
-    for token in plan.tokens:
+    for token in tokens:
         if token in chat.stops:
             return emitted, "stop", token
         if chat.limit is not None and len(emitted) >= chat.limit:

@@ -175,7 +175,6 @@ def test_only_vetted_fields_reach_sglang(http: httpx.Client, fake: FakeSGLang) -
         "session_params": {"id": "x"},
         "chat_template_kwargs": {"chat_template": "{{ evil }}"},
         "priority": 100,
-        "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
         "tool_choice": "auto",
         "made_up_field": 1,
     }

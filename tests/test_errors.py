@@ -87,8 +87,8 @@ def assert_openai_error(
         ),
         (
             {"model": MODEL, "messages": [{"role": "tool", "content": "42", "tool_call_id": "c"}]},
-            "messages[0].role",
-            "tool",
+            "messages[0].tool_call_id",
+            "must be a response to a preceding message with 'tool_calls'",
         ),
         (
             {
@@ -112,11 +112,21 @@ def assert_openai_error(
             {
                 "model": MODEL,
                 "messages": HELLO,
-                "tool_choice": "required",
+                "tool_choice": {"type": "function", "function": {"name": "g"}},
                 "tools": [{"type": "function", "function": {"name": "f"}}],
             },
             "tool_choice",
-            "tool",
+            "no function named 'g'",
+        ),
+        (
+            {"model": MODEL, "messages": HELLO, "tool_choice": "required"},
+            "tool_choice",
+            "only allowed when 'tools' are specified",
+        ),
+        (
+            {"model": MODEL, "messages": HELLO, "modalities": ["text", "audio"]},
+            "modalities",
+            "'audio'",
         ),
         (
             {
@@ -182,7 +192,7 @@ def test_sdk_raises_the_matching_exceptions(client: openai.OpenAI) -> None:
         client.chat.completions.create(
             model=MODEL, messages=[{"role": "tool", "content": "x", "tool_call_id": "1"}]
         )
-    assert bad.value.param == "messages[0].role"
+    assert bad.value.param == "messages[0].tool_call_id"
 
 
 def test_unknown_paths_and_methods(http: httpx.Client, fake: FakeSGLang) -> None:

@@ -89,14 +89,70 @@ class ContentPart(_Model):
         return self
 
 
+# OpenAI's rule for function names: letters, digits, underscores and dashes, at most 64.
+FunctionName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+
+
+class FunctionCall(_Model):
+    """A call the model made: the function's name and its arguments as a JSON string."""
+
+    name: str
+    arguments: str
+
+
+class ToolCall(_Model):
+    """An entry of an assistant message's `tool_calls`."""
+
+    id: str = Field(min_length=1)
+    type: Literal["function"]
+    function: FunctionCall
+
+
 class ChatMessage(_Model):
     """A message of any role; what each role may carry is checked in `conversation.py`."""
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | Annotated[list[ContentPart], Field(min_length=1)] | None = None
     name: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
+    function_call: FunctionCall | None = None  # legacy: an assistant's call of `functions`
+
+
+class FunctionDefinition(_Model):
+    """A function the model may call; `parameters` is a JSON Schema of an object."""
+
+    name: FunctionName
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+    @field_validator("parameters")
+    @classmethod
+    def _an_object_schema(cls, value: dict[str, Any] | None) -> Any:
+        if value is not None and value.get("type", "object") != "object":
+            raise ValueError("a function's parameters must be a JSON Schema of type 'object'")
+        return value
+
+
+class Tool(_Model):
+    """An entry of `tools`; Gemma 3n on this gateway calls functions only."""
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionReference(_Model):
+    """A function named by `tool_choice` or the legacy `function_call`."""
+
+    name: str
+
+
+class NamedToolChoice(_Model):
+    """`tool_choice` naming the one function the model must call."""
+
+    type: Literal["function"]
+    function: FunctionReference
 
 
 class JSONSchemaFormat(_Model):
@@ -141,11 +197,17 @@ class ChatCompletionRequest(_Model):
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(None, ge=0.0, le=2.0)
-    tool_choice: str | dict[str, Any] | None = None
-    tools: list[dict[str, Any]] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    tools: list[Tool] | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
     top_p: float | None = Field(None, ge=0.0, le=1.0)
     user: str | None = None
+    # Deprecated by OpenAI in favour of tools/tool_choice, still sent by older clients.
+    functions: list[FunctionDefinition] | None = None
+    function_call: Literal["none", "auto"] | FunctionReference | None = None
+    # Output modalities and audio output: Gemma 3n on this gateway writes text only.
+    modalities: list[str] | None = None
+    audio: dict[str, Any] | None = None
 
     # SGLang sampling extras: they change only how tokens are picked, never what is read or run.
     top_k: int | None = Field(None, ge=-1, le=2**31 - 1)

@@ -93,6 +93,7 @@ class MediaPreparer:
         image_urls, decoded = results[: len(images)], results[len(images) :]
         for part, url in zip(images, image_urls, strict=True):
             part.part["image_url"] = {"url": url}
+            part.prepared = [part.part]
         if self._metrics is not None:
             # Prepared concurrently, so both kinds are charged the same wall time.
             self._metrics.images_prepared(len(images), seconds)
@@ -102,6 +103,7 @@ class MediaPreparer:
             replacements = await self._audio_replacements(sounds, decoded, capabilities)
             for part, new_parts in zip(sounds, replacements, strict=True):
                 _replace_part(conversation.messages, part.part, new_parts)
+                part.prepared = new_parts
             for message in conversation.messages:
                 if isinstance(message["content"], list):
                     message["content"] = join_adjacent_text(message["content"])

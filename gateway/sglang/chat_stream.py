@@ -1,13 +1,17 @@
-"""One SGLang stream relayed as OpenAI's server-sent events: `ChatStream`.
+"""One SGLang stream relayed as server-sent events: `ChatStream`.
 
 `ModelHandler.stream_chat_completion` opens the upstream request and reads up to the first frame
 meant for the client (`read_first`), so that everything failing before it is still an HTTP error;
 `streaming.EventStreamResponse` then iterates the stream and writes each item.
 
+What the client's frames are is the `StreamTranslator`'s: `translate.ChunkRewriter` writes
+OpenAI's chat chunks and ends with `data: [DONE]`; the Responses API writes its own events
+(`gateway.responses.events`). The stream owns the rest: reading and decoding SGLang's events,
+batching, the client leaving, shutdown, and failures after the first frame, which travel inside
+the stream as the translator's error frames.
+
 The relay is batched: each item is every frame ready at that moment, joined, so a gateway that
 falls behind in a burst of tokens catches up with one write per stream instead of one per token.
-After the first frame, failures travel inside the stream as an error event, and the stream always
-ends with `data: [DONE]`.
 """
 
 from __future__ import annotations
@@ -17,15 +21,26 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from gateway.errors import GatewayError, UpstreamBadResponse, UpstreamUnavailable
-from gateway.sglang.translate import (
-    ChunkRewriter,
-    SSEDecoder,
-    error_for_transport,
-    stream_error_frame,
-)
+from gateway.sglang.translate import SSEDecoder, error_for_transport
 from gateway.sglang.upstream import TransportError, UpstreamResponse
 
-DONE_FRAME = b"data: [DONE]\n\n"
+
+class StreamTranslator(Protocol):
+    """Turns SGLang's event payloads into the client's frames (`translate.ChunkRewriter`)."""
+
+    usage: dict[str, Any] | None  # SGLang's usage, once its usage chunk was seen
+
+    def translate(self, payload: bytes) -> bytes:
+        """The frames for one SGLang payload (b"" for none); raises the error it carries."""
+        ...
+
+    def close(self) -> bytes:
+        """The frames that end a complete stream."""
+        ...
+
+    def fail(self, error: GatewayError) -> bytes:
+        """The frames that end a stream that failed after its first frame."""
+        ...
 
 
 class StreamOwner(Protocol):
@@ -52,7 +67,7 @@ class ChatStream:
         self,
         response: UpstreamResponse,
         decoder: SSEDecoder,
-        rewriter: ChunkRewriter,
+        rewriter: StreamTranslator,
         handler: StreamOwner,
     ) -> None:
         self._response = response
@@ -71,15 +86,15 @@ class ChatStream:
     async def read_first(self) -> None:
         """Read up to the first frame meant for the client, raising what SGLang answered
         instead; that frame is the first item of the iteration, what came with it the next."""
-        rewrite = self._rewriter.rewrite
+        translate = self._rewriter.translate
         while True:
             payloads = await self._read()
             for index, payload in enumerate(payloads):
                 if payload == b"[DONE]":
                     raise UpstreamBadResponse("The model server's stream ended without a chunk.")
-                chunk = rewrite(payload)
-                if chunk is not None:
-                    self._first = b"data: " + chunk + b"\n\n"
+                frames = translate(payload)
+                if frames:
+                    self._first = frames
                     self._pending = payloads[index + 1 :]
                     self._handler.open_streams.add(self)
                     return
@@ -111,28 +126,31 @@ class ChatStream:
                     "The gateway is shutting down; the response was cut short.", retry_after=1
                 )
             if error is None:
-                self.final = self._response.complete
-                yield frames + DONE_FRAME
-                await self._read_to_end()
-                return
+                try:
+                    ending = self._rewriter.close()
+                except GatewayError as exc:  # the translator found the stream incomplete
+                    error = exc
+                else:
+                    self.final = self._response.complete
+                    yield frames + ending
+                    await self._read_to_end()
+                    return
             self._handler.record_error(error)
             self.final = True
-            yield frames + stream_error_frame(error) + DONE_FRAME
+            yield frames + self._rewriter.fail(error)
         finally:
             self.aclose()
 
     def _translate(self, payloads: list[bytes]) -> bytes:
         """OpenAI's frames for SGLang's payloads, joined; notes [DONE] and an error event."""
-        rewrite = self._rewriter.rewrite
+        translate = self._rewriter.translate
         parts: list[bytes] = []
         try:
             for payload in payloads:
                 if payload == b"[DONE]":
                     self._done = True
                     break
-                chunk = rewrite(payload)
-                if chunk is not None:
-                    parts += (b"data: ", chunk, b"\n\n")
+                parts.append(translate(payload))
         except GatewayError as exc:
             self._error = exc
         return b"".join(parts)

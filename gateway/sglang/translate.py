@@ -18,6 +18,7 @@ Everything works on orjson dicts, once per body or chunk: no pydantic on the str
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -43,6 +44,7 @@ from gateway.sglang.upstream import (
 logger = logging.getLogger("gateway.upstream")
 
 ID_PREFIX = "chatcmpl-"
+DONE_FRAME = b"data: [DONE]\n\n"
 _LOG_TEXT_LIMIT = 500
 
 
@@ -52,8 +54,8 @@ def openai_id(upstream_id: object) -> str:
     return text if text.startswith(ID_PREFIX) else ID_PREFIX + text
 
 
-def rewrite_completion(body: bytes, model: str) -> tuple[bytes, dict[str, Any] | None]:
-    """SGLang's non-streaming `chat.completion` body as OpenAI's, and its usage."""
+def read_completion(body: bytes, model: str) -> dict[str, Any]:
+    """SGLang's non-streaming `chat.completion` body as OpenAI's, decoded."""
     completion = _load_object(body)
     choices = completion.get("choices")
     if "id" not in completion or not isinstance(choices, list):
@@ -68,8 +70,18 @@ def rewrite_completion(body: bytes, model: str) -> tuple[bytes, dict[str, Any] |
         message = choice.get("message")
         if isinstance(message, dict):
             _drop_nulls(message, ("reasoning_content", "tool_calls"))
+            # Required by OpenAI's schema of a message; SGLang leaves them out.
+            message.setdefault("refusal", None)
+            message.setdefault("annotations", [])
+    return completion
+
+
+def completion_usage(completion: dict[str, Any]) -> dict[str, Any] | None:
     usage = completion.get("usage")
-    return orjson.dumps(completion), usage if isinstance(usage, dict) else None
+    return usage if isinstance(usage, dict) else None
+
+
+ChunkTransform = Callable[[dict[str, Any]], bool]
 
 
 class ChunkRewriter:
@@ -77,20 +89,33 @@ class ChunkRewriter:
 
     The gateway always asks SGLang for the final usage chunk (for its metrics and access log);
     `forward_usage` says whether the client asked for it too. Without it the usage chunk is
-    dropped and chunks carry no `usage` key, as OpenAI sends them.
+    dropped and chunks carry no `usage` key, as OpenAI sends them. `transform`, when given, sees
+    each cleaned chunk last and may change it in place; it returns False to drop the chunk (the
+    tool-call reader, `gateway.chat.tool_stream`, holds text back that way).
+
+    As a `chat_stream.StreamTranslator` it frames each chunk as `data: ...` and ends the stream
+    with `data: [DONE]`, after an error event if it failed.
     """
 
-    __slots__ = ("_forward_usage", "_id", "_model", "usage")
+    __slots__ = ("_forward_usage", "_id", "_model", "_transform", "usage")
 
-    def __init__(self, model: str, *, forward_usage: bool = True) -> None:
+    def __init__(
+        self, model: str, *, forward_usage: bool = True, transform: ChunkTransform | None = None
+    ) -> None:
         self._model = model
         self._forward_usage = forward_usage
+        self._transform = transform
         self._id: str | None = None
         self.usage: dict[str, Any] | None = None
 
     def rewrite(self, data: bytes) -> bytes | None:
         """One SGLang chunk as OpenAI's, or None when it is not for the client; raises the
         error an `{"error": ...}` event carries."""
+        chunk = self.clean(data)
+        return None if chunk is None else orjson.dumps(chunk)
+
+    def clean(self, data: bytes) -> dict[str, Any] | None:
+        """`rewrite`, decoded: the chunk as OpenAI's dict, or None."""
         chunk = _load_object(data)
         if "error" in chunk:
             raise error_from_event(chunk["error"])
@@ -112,7 +137,19 @@ class ChunkRewriter:
             delta = choice.get("delta")
             if delta:
                 choice["delta"] = {key: value for key, value in delta.items() if value is not None}
-        return orjson.dumps(chunk)
+        if self._transform is not None and not self._transform(chunk):
+            return None
+        return chunk
+
+    def translate(self, data: bytes) -> bytes:
+        chunk = self.rewrite(data)
+        return b"" if chunk is None else b"data: " + chunk + b"\n\n"
+
+    def close(self) -> bytes:
+        return DONE_FRAME
+
+    def fail(self, error: GatewayError) -> bytes:
+        return stream_error_frame(error) + DONE_FRAME
 
 
 class SSEDecoder:

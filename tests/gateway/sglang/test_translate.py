@@ -19,7 +19,7 @@ from gateway.sglang.translate import (
     SSEDecoder,
     error_for_status,
     error_from_event,
-    rewrite_completion,
+    read_completion,
 )
 
 
@@ -102,7 +102,7 @@ def test_ids_already_prefixed_are_kept() -> None:
             ],
         }
     )
-    out = orjson.loads(rewrite_completion(body, "m")[0])
+    out = read_completion(body, "m")
     assert out["id"] == "chatcmpl-9"
     assert out["choices"][0]["message"]["reasoning_content"] == "kept"
 
