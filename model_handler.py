@@ -383,20 +383,26 @@ def _refuse_audio_output(request: ChatCompletionRequest) -> None:
 
 
 def _constraint(request: ChatCompletionRequest, tools: ToolPlan | None) -> dict[str, Any] | None:
-    """SGLang's constraint that makes the model call when it must (`tools.ToolPlan.constraint`).
+    """SGLang's constraint for the request's tools (`tools.ToolPlan.constraint`), if any.
 
-    A call is the answer then, so `response_format` (which shapes text) gives way to it; SGLang
-    takes one constraint per request, so a `regex` or `ebnf` of the client's cannot join it.
+    When the model must call, a call is the answer, so `response_format` (which shapes text)
+    gives way; SGLang takes one constraint per request, so a `regex` or `ebnf` of the client's
+    cannot join it. When the model only may call, the client's own constraint of the text wins,
+    and strict calls go unconstrained.
     """
     constraint = tools.constraint() if tools is not None else None
-    if constraint is not None:
-        for name in ("regex", "ebnf"):
-            if getattr(request, name) is not None:
-                raise InvalidRequest(
-                    f"'{name}' cannot be combined with a tool_choice that requires a call: both "
-                    "constrain the output.",
-                    param=name,
-                )
+    if constraint is None or tools is None:
+        return None
+    if not tools.forced:
+        shaped = request.response_format is not None and request.response_format.type != "text"
+        return None if shaped or request.regex or request.ebnf else constraint
+    for name in ("regex", "ebnf"):
+        if getattr(request, name) is not None:
+            raise InvalidRequest(
+                f"'{name}' cannot be combined with a tool_choice that requires a call: both "
+                "constrain the output.",
+                param=name,
+            )
     return constraint
 
 

@@ -74,11 +74,33 @@ def test_auto_reads_a_call_the_model_wrote(client: openai.OpenAI, fake: FakeSGLa
     assert call.function.name == "get_weather"
     assert json.loads(call.function.arguments) == {"city": "Paris", "unit": "celsius"}
     sent = fake.chat_requests[-1]
-    assert "tools" not in sent and "tool_choice" not in sent and "response_format" not in sent
+    assert "tools" not in sent and "tool_choice" not in sent
     prompt = sent_prompt(fake)
     assert prompt.startswith("You have access to functions.")
     assert '"name": "get_weather"' in prompt and '"name": "add"' in prompt
     assert prompt.endswith("What is the weather in Paris?")
+
+
+def test_auto_with_a_strict_function_holds_started_calls_to_its_schema(
+    client: openai.OpenAI, fake: FakeSGLang
+) -> None:
+    client.chat.completions.create(model=MODEL, messages=ASK, tools=[WEATHER, ADD])
+    tag = fake.chat_requests[-1]["response_format"]
+    assert tag["type"] == "structural_tag"
+    assert tag["triggers"] == ['{"name": "', '{"name":"']
+    by_begin = {s["begin"]: s for s in tag["structures"]}
+    weather = by_begin['{"name": "get_weather", "parameters": ']
+    assert weather["schema"] == WEATHER["function"]["parameters"]  # type: ignore[index]
+    assert weather["end"] == "}"
+    assert by_begin['{"name":"add","parameters":']["schema"] == {"type": "object"}  # not strict
+    assert all(s["begin"].startswith(tuple(tag["triggers"])) for s in tag["structures"])
+    # Without a strict function, or when the client shapes the text itself: no constraint.
+    client.chat.completions.create(model=MODEL, messages=ASK, tools=[ADD])
+    assert "response_format" not in fake.chat_requests[-1]
+    client.chat.completions.create(
+        model=MODEL, messages=ASK, tools=[WEATHER], response_format={"type": "json_object"}
+    )
+    assert fake.chat_requests[-1]["response_format"] == {"type": "json_object"}
 
 
 def test_auto_keeps_plain_text_as_content(client: openai.OpenAI, fake: FakeSGLang) -> None:

@@ -20,6 +20,7 @@ to be calls, and the arguments go out piece by piece as the model writes them.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,6 +88,12 @@ def _load(candidate: str) -> Any:
     try:
         return orjson.loads(candidate)
     except orjson.JSONDecodeError:
+        pass
+    # xgrammar's JSON strings admit raw control characters (byte tokens such as <0x0B>), which
+    # strict JSON forbids; the arguments are written out again escaped.
+    try:
+        return json.loads(candidate, strict=False)
+    except ValueError:
         return _NOT_JSON
 
 
@@ -397,7 +404,6 @@ class _ForcedCalls:
                 return True
             if char != "{":
                 return False
-        arguments.append(char)
         if self._in_string:
             if self._escaped:
                 self._escaped = False
@@ -405,7 +411,12 @@ class _ForcedCalls:
                 self._escaped = True
             elif char == '"':
                 self._in_string = False
-        elif char == '"':
+            elif char < " ":  # raw in xgrammar's strings; strict JSON wants it escaped
+                char = f"\\u{ord(char):04x}"
+            arguments.append(char)
+            return True
+        arguments.append(char)
+        if char == '"':
             self._in_string = True
         elif char in "{[":
             self._depth += 1

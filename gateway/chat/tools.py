@@ -14,11 +14,17 @@ assistant made earlier is written into its turn exactly as the model would have 
 
 `plan_tools` reads `tools`/`tool_choice`/`parallel_tool_calls` (and the legacy
 `functions`/`function_call`, mapped onto them) into a `ToolPlan`, checking what OpenAI checks.
-`ToolPlan.constraint` is the decoding constraint for SGLang when the model must call (a required
-or named `tool_choice`): a JSON Schema that admits only calls of the declared functions with
-arguments matching their `parameters`, sent as SGLang's `response_format` of type
-`json_schema` (xgrammar turns it into a grammar). Reading the model's output is
-`tool_parser.py`'s.
+`ToolPlan.constraint` is the decoding constraint for SGLang (xgrammar, its default grammar
+backend, compiles it; what SGLang 0.5.21 accepts is recorded in docs/testing.md):
+
+- the model must call (a required or named `tool_choice`): a `response_format` of type
+  `json_schema` that admits only calls of the declared functions, arguments matching their
+  `parameters`;
+- the model may call (`auto`) and a function is `strict`: a `structural_tag` whose trigger is
+  the start of a call, `{"name": "`: text stays free, but once the model starts a call it can
+  only name a declared function and, for a strict one, write arguments its schema admits.
+
+Reading the model's output is `tool_parser.py`'s.
 """
 
 from __future__ import annotations
@@ -134,9 +140,12 @@ class ToolPlan:
         return "\n".join(lines)
 
     def constraint(self) -> dict[str, Any] | None:
-        """SGLang's `response_format` that admits only calls, when the model must call."""
-        if not self.forced:
+        """SGLang's `response_format` for this plan: calls only when the model must call; calls
+        held to their schemas once started when a function is strict; else None."""
+        if not self.offered:
             return None
+        if not self.forced:
+            return self._strict_calls() if any(tool.strict for tool in self.tools) else None
         if self.choice != "required":
             (tool,) = (tool for tool in self.tools if tool.name == self.choice)
             schema = tool.call_schema()
@@ -147,6 +156,22 @@ class ToolPlan:
         return {
             "type": "json_schema",
             "json_schema": {"name": "tool_call", "schema": schema, "strict": True},
+        }
+
+    def _strict_calls(self) -> dict[str, Any]:
+        """Free text, but a call, once its first characters are written, follows its schema
+        (both spellings of the call's start: with and without the space after the colons)."""
+        structures = []
+        for tool in self.tools:
+            schema = tool.parameters if tool.strict else {"type": "object"}
+            name = orjson.dumps(tool.name).decode()
+            for colon, comma in ((": ", ", "), (":", ",")):
+                begin = f'{{"name"{colon}{name}{comma}"parameters"{colon}'
+                structures.append({"begin": begin, "schema": schema, "end": "}"})
+        return {
+            "type": "structural_tag",
+            "structures": structures,
+            "triggers": ['{"name": "', '{"name":"'],
         }
 
 
