@@ -49,6 +49,10 @@ from gateway.errors import (
 from gateway.media.audio import AudioDecoder
 from gateway.media.fetch import MediaFetcher
 from gateway.media.images import ImagePreparer
+from gateway.responses.openapi import responses_openapi
+from gateway.responses.schemas import ResponsesRequest
+from gateway.responses.service import ResponsesService
+from gateway.responses.store import SQLiteResponseStore
 from gateway.server.guards import Draining, FrontDoor, load_api_keys
 from gateway.server.http_limits import limited_protocol
 from gateway.server.metrics import Metrics, MetricsMiddleware
@@ -101,6 +105,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.transcription = TranscriptionService(
             settings, decoder, whisper, handler.transcribe_clip
         )
+        store = SQLiteResponseStore(
+            settings.responses_store_path,
+            max_age_seconds=settings.responses_store_max_age_seconds,
+            max_bytes=settings.responses_store_max_bytes,
+        )
+        app.state.responses = responses = ResponsesService(handler, store)
         try:
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(monitor.run)
@@ -108,6 +118,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 yield
                 tasks.cancel_scope.cancel()
         finally:
+            await responses.aclose()
+            store.close()
             images.close()
             await fetcher.aclose()
             await client.aclose()
@@ -128,7 +140,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics = Metrics()
     _add_error_handlers(app)
     _add_routes(app)
-    install_openapi(app)
+    install_openapi(app, responses_openapi)
     # Added innermost first. Outermost to innermost: CORS (preflights need no key), request id
     # and access line, metrics (they count what the front door refuses too), front door, app.
     app.add_middleware(FrontDoor, settings=settings, draining=draining)
@@ -181,6 +193,45 @@ def _add_routes(app: FastAPI) -> None:
     # machinery around an endpoint cost ~10 % of a chat request's CPU (issue 7).
     # First in the router, which tries routes in order.
     app.router.routes.insert(0, Route("/v1/chat/completions", chat_completions, methods=["POST"]))
+
+    @app.post("/v1/responses")
+    async def create_response(request: Request) -> Response:
+        body = await request.body()
+        parsed = parse_json_body(ResponsesRequest, body, request.headers.get("content-type"))
+        service: ResponsesService = request.app.state.responses
+        result = await _until_disconnect(request, service.create(parsed))
+        if isinstance(result, bytes):
+            return Response(result, media_type="application/json")
+        return EventStreamResponse(result)
+
+    @app.get("/v1/responses/{response_id}")
+    async def retrieve_response(request: Request, response_id: str) -> Response:
+        service: ResponsesService = request.app.state.responses
+        return Response(await service.retrieve(response_id), media_type="application/json")
+
+    @app.delete("/v1/responses/{response_id}")
+    async def delete_response(request: Request, response_id: str) -> Response:
+        service: ResponsesService = request.app.state.responses
+        return Response(await service.delete(response_id), media_type="application/json")
+
+    @app.get("/v1/responses/{response_id}/input_items")
+    async def list_input_items(request: Request, response_id: str) -> Response:
+        service: ResponsesService = request.app.state.responses
+        query = request.query_params
+        order = query.get("order", "desc")
+        if order not in ("asc", "desc"):
+            raise InvalidRequest(
+                "Invalid value for 'order': expected 'asc' or 'desc'.", param="order"
+            )
+        limit = query.get("limit", "20")
+        if not limit.isdigit() or not 1 <= int(limit) <= 100:
+            raise InvalidRequest(
+                "Invalid value for 'limit': expected an integer from 1 to 100.", param="limit"
+            )
+        body = await service.input_items(
+            response_id, limit=int(limit), order=order, after=query.get("after")
+        )
+        return Response(body, media_type="application/json")
 
     @app.post("/v1/audio/transcriptions")
     async def transcriptions(request: Request) -> Response:

@@ -251,15 +251,21 @@ class ModelHandler:
 
     # --- building the upstream request --------------------------------------------------------
 
-    async def prepare_chat(self, request: ChatCompletionRequest, *, stream: bool) -> PreparedChat:
-        """Check `request`, fit its conversation, prepare its media and build SGLang's body."""
+    async def prepare_chat(
+        self, request: ChatCompletionRequest, *, stream: bool, prepared_messages: int = 0
+    ) -> PreparedChat:
+        """Check `request`, fit its conversation, prepare its media and build SGLang's body.
+
+        The first `prepared_messages` messages were prepared by the gateway before (a stored
+        conversation continued): their media are sent as they are.
+        """
         self.check_model(request.model)
         _refuse_audio_output(request)
         tools = plan_tools(request)
         self._check_counts(request)
         max_tokens = self._max_tokens(request)
         constraint = _constraint(request, tools)
-        conversation = await self._conversation(request, tools)
+        conversation = await self._conversation(request, tools, prepared_messages)
         payload: dict[str, Any] = {
             "model": self._settings.model_name,
             "messages": conversation.messages,
@@ -292,12 +298,14 @@ class ModelHandler:
         )
 
     async def _conversation(
-        self, request: ChatCompletionRequest, tools: ToolPlan | None
+        self, request: ChatCompletionRequest, tools: ToolPlan | None, prepared_messages: int
     ) -> Conversation:
         """Gemma-ready messages, with images and audio prepared (cheap checks come first)."""
         if self._media is None:
             return normalise_conversation(request.messages, tools=tools)
         conversation = normalise_conversation(request.messages, self._media.accepted_kinds, tools)
+        if prepared_messages:
+            conversation.media = [m for m in conversation.media if m.source[0] >= prepared_messages]
         await self._media.prepare(conversation)
         return conversation
 

@@ -10,5 +10,7 @@ are no cycles and a folder can be read without the ones above it:
 - `media`: client images and audio, fetched under guards, decoded, checked and re-encoded.
 - `speech`: speech to text (Whisper, Gemma 3n by clips) and the transcription formats.
 - `api`: OpenAI's wire format: request models, validation, the OpenAPI document, the SSE response.
-- `chat`: a chat request made ready for Gemma 3n: its conversation fitted, its media prepared.
+- `chat`: a chat request made ready for Gemma 3n: its conversation fitted, its media prepared,
+  its tools rendered and its output read for calls.
+- `responses`: the Responses API on the chat pipeline, with its store of responses.
 """

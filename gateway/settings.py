@@ -323,6 +323,19 @@ class Settings(BaseSettings):
         description="On SIGTERM, how long streams in flight may finish before they are ended.",
     )
 
+    # --- the Responses API's store (issue 14: gateway/responses/store.py) ----------------
+    responses_store_path: str = Field(
+        "data/responses.sqlite3",
+        min_length=1,
+        description="SQLite file of stored responses (created on start); ':memory:' keeps none.",
+    )
+    responses_store_max_age_seconds: float = Field(
+        30 * 24 * 3600.0, gt=0, description="How long a stored response is kept (30 days)."
+    )
+    responses_store_max_bytes: int = Field(
+        1 << 30, ge=1 << 20, description="Most bytes of stored responses; the oldest go first."
+    )
+
     @field_validator("sglang_url")
     @classmethod
     def _strip_url(cls, value: str) -> str:

@@ -196,7 +196,7 @@ def test_sdk_raises_the_matching_exceptions(client: openai.OpenAI) -> None:
 
 
 def test_unknown_paths_and_methods(http: httpx.Client, fake: FakeSGLang) -> None:
-    for path in ("/flush_cache", "/server_info", "/generate", "/v1/responses", "/v1/embeddings"):
+    for path in ("/flush_cache", "/server_info", "/generate", "/v1/embeddings", "/v1/files"):
         assert_openai_error(http.get(path), 404)
         assert_openai_error(http.post(path, json={}), 404)
     assert_openai_error(http.get(CHAT), 405)

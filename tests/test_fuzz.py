@@ -40,7 +40,7 @@ from schemathesis import GenerationMode
 from schemathesis.transport.serialization import Binary
 
 from app import create_app
-from gateway.api.openapi import UNDESCRIBED, build_openapi, install_openapi
+from gateway.api.openapi import UNDESCRIBED, build_openapi
 from gateway.settings import Settings
 
 FUZZ_MAX_EXAMPLES = int(os.environ.get("FUZZ_MAX_EXAMPLES", "100"))
@@ -64,11 +64,11 @@ class FuzzTarget:
 
 @pytest.fixture(scope="module")
 def fuzz_target(fake_server: FakeSGLang) -> Iterator[FuzzTarget]:
-    """The real app with `install_openapi` applied, served on a real port in front of the fake."""
+    """The real app (its OpenAPI document installed by create_app), served on a real port in
+    front of the fake."""
     fake_server.reset()
     # Only this (unresolvable) host may be fetched from: fuzzed image URLs stay off the network.
     app = create_app(gateway_settings(fake_server, media_allowed_hosts=["media.invalid"]))
-    install_openapi(app)  # redundant once create_app installs it; harmless either way
     server = ServerThread(app)
     server.start()
     yield FuzzTarget(app, server)
@@ -86,7 +86,6 @@ def _document() -> dict[str, Any]:
     (schemathesis's `from_fixture` loader cannot run under pytest 9: it writes `Node._nodeid`.)
     """
     app = create_app(Settings(_env_file=None, model_name=MODEL))  # type: ignore[call-arg]
-    install_openapi(app)
     return app.openapi()
 
 

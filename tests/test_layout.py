@@ -25,6 +25,7 @@ LAYERS = [
     ("gateway.speech",),
     ("gateway.api",),
     ("gateway.chat",),
+    ("gateway.responses",),
     ("model_handler", "download_model"),
     ("app",),
 ]

@@ -23,9 +23,11 @@ Reference: https://spec.openapis.org/oas/v3.1.0; names and shapes follow OpenAI'
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Sequence
 from typing import Any, Final, get_args
 
 from fastapi import FastAPI
+from pydantic import BaseModel
 from starlette.routing import Route
 
 from gateway.api.schemas import ChatCompletionRequest
@@ -38,22 +40,22 @@ JSON: Final = "application/json"
 UNDESCRIBED: Final = "Not described in openapi.py yet."
 
 
-def _ref(name: str) -> JSONObject:
+def ref(name: str) -> JSONObject:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _object(required: list[str], **properties: JSONObject) -> JSONObject:
+def json_object(required: list[str], **properties: JSONObject) -> JSONObject:
     return {"type": "object", "required": required, "properties": properties}
 
 
-def _nullable(schema: JSONObject) -> JSONObject:
+def nullable(schema: JSONObject) -> JSONObject:
     return {"anyOf": [schema, {"type": "null"}]}
 
 
-_STRING: Final[JSONObject] = {"type": "string"}
-_INTEGER: Final[JSONObject] = {"type": "integer"}
-_NUMBER: Final[JSONObject] = {"type": "number"}
-_ANY_OBJECT: Final[JSONObject] = {"type": "object"}
+STRING: Final[JSONObject] = {"type": "string"}
+INTEGER: Final[JSONObject] = {"type": "integer"}
+NUMBER: Final[JSONObject] = {"type": "number"}
+ANY_OBJECT: Final[JSONObject] = {"type": "object"}
 
 # --- component schemas --------------------------------------------------------------------------
 
@@ -65,7 +67,7 @@ _FINISH_REASON: Final[JSONObject] = {
 
 def _audio_form(*, granularities: bool) -> JSONObject:
     """OpenAI's transcription (or, without timestamp granularities, translation) form."""
-    form = _object(
+    form = json_object(
         ["file", "model"],
         file={
             "type": "string",
@@ -93,9 +95,9 @@ def _audio_form(*, granularities: bool) -> JSONObject:
 
 _SCHEMAS: Final[dict[str, JSONObject]] = {
     "Error": {
-        **_object(
+        **json_object(
             ["message", "type", "param", "code"],
-            message=_STRING,
+            message=STRING,
             type={"type": "string", "examples": ["invalid_request_error", "server_error"]},
             param={
                 "type": ["string", "null"],
@@ -109,73 +111,97 @@ _SCHEMAS: Final[dict[str, JSONObject]] = {
         ),
         "additionalProperties": False,
     },
-    "ErrorResponse": {**_object(["error"], error=_ref("Error")), "additionalProperties": False},
-    "CompletionUsage": _object(
+    "ErrorResponse": {**json_object(["error"], error=ref("Error")), "additionalProperties": False},
+    "CompletionUsage": json_object(
         ["prompt_tokens", "completion_tokens", "total_tokens"],
-        prompt_tokens=_INTEGER,
-        completion_tokens=_INTEGER,
-        total_tokens=_INTEGER,
-        prompt_tokens_details=_nullable(_ANY_OBJECT),
-        completion_tokens_details=_nullable(_ANY_OBJECT),
+        prompt_tokens=INTEGER,
+        completion_tokens=INTEGER,
+        total_tokens=INTEGER,
+        prompt_tokens_details=nullable(ANY_OBJECT),
+        completion_tokens_details=nullable(ANY_OBJECT),
     ),
-    "ChatCompletion": _object(
+    "ChatCompletion": json_object(
         ["id", "object", "created", "model", "choices"],
         id={"type": "string", "pattern": "^chatcmpl-"},
         object={"const": "chat.completion"},
-        created=_INTEGER,
-        model=_STRING,
+        created=INTEGER,
+        model=STRING,
         choices={
             "type": "array",
-            "items": _object(
+            "items": json_object(
                 ["index", "message", "finish_reason"],
-                index=_INTEGER,
-                message=_object(
-                    ["role", "content"],
+                index=INTEGER,
+                message=json_object(
+                    ["role", "content", "refusal", "annotations"],
                     role={"const": "assistant"},
                     content={"type": ["string", "null"]},
                     refusal={"type": ["string", "null"]},
-                    reasoning_content=_STRING,
-                    tool_calls={"type": "array", "items": _ANY_OBJECT},
+                    annotations={"type": "array", "maxItems": 0},
+                    reasoning_content=STRING,
+                    tool_calls={"type": "array", "items": ref("ChatCompletionMessageToolCall")},
+                    function_call=ref("ChatCompletionMessageFunctionCall"),
                 ),
-                logprobs=_nullable(_ANY_OBJECT),
+                logprobs=nullable(ANY_OBJECT),
                 finish_reason=_FINISH_REASON,
             ),
         },
-        usage=_ref("CompletionUsage"),
+        usage=ref("CompletionUsage"),
         system_fingerprint={"type": ["string", "null"]},
     ),
-    "ChatCompletionChunk": _object(
+    "ChatCompletionMessageFunctionCall": json_object(
+        ["name", "arguments"],
+        name=STRING,
+        arguments={"type": "string", "description": "The arguments, a JSON object as text."},
+    ),
+    "ChatCompletionMessageToolCall": json_object(
+        ["id", "type", "function"],
+        id={"type": "string", "pattern": "^call_"},
+        type={"const": "function"},
+        function=ref("ChatCompletionMessageFunctionCall"),
+    ),
+    "ChatCompletionChunk": json_object(
         ["id", "object", "created", "model", "choices"],
         id={"type": "string", "pattern": "^chatcmpl-"},
         object={"const": "chat.completion.chunk"},
-        created=_INTEGER,
-        model=_STRING,
+        created=INTEGER,
+        model=STRING,
         choices={
             "type": "array",
-            "items": _object(
+            "items": json_object(
                 ["index", "delta"],
-                index=_INTEGER,
+                index=INTEGER,
                 delta={
                     "type": "object",
                     "properties": {
                         "role": {"const": "assistant"},
-                        "content": _STRING,
-                        "reasoning_content": _STRING,
+                        "content": STRING,
+                        "reasoning_content": STRING,
+                        "tool_calls": {
+                            "type": "array",
+                            "items": json_object(
+                                ["index"],
+                                index=INTEGER,
+                                id={"type": "string", "pattern": "^call_"},
+                                type={"const": "function"},
+                                function=json_object([], name=STRING, arguments=STRING),
+                            ),
+                        },
+                        "function_call": json_object([], name=STRING, arguments=STRING),
                     },
                 },
-                logprobs=_nullable(_ANY_OBJECT),
-                finish_reason=_nullable(_FINISH_REASON),
+                logprobs=nullable(ANY_OBJECT),
+                finish_reason=nullable(_FINISH_REASON),
             ),
         },
-        usage=_nullable(_ref("CompletionUsage")),
+        usage=nullable(ref("CompletionUsage")),
     ),
     # OpenAPI 3.1 leaves event streams open; this is 3.2's reading (and schemathesis's): the
     # schema describes one event, whose `data` is JSON described by `contentSchema`.
     # https://spec.openapis.org/oas/v3.2.0.html#sequential-media-types
     "ChatCompletionStreamEvent": {
-        **_object(
+        **json_object(
             ["data"],
-            event=_STRING,
+            event=STRING,
             data={
                 "anyOf": [
                     {"const": "[DONE]"},
@@ -183,7 +209,7 @@ _SCHEMAS: Final[dict[str, JSONObject]] = {
                         "type": "string",
                         "contentMediaType": JSON,
                         "contentSchema": {
-                            "anyOf": [_ref("ChatCompletionChunk"), _ref("ErrorResponse")]
+                            "anyOf": [ref("ChatCompletionChunk"), ref("ErrorResponse")]
                         },
                     },
                 ]
@@ -195,54 +221,56 @@ _SCHEMAS: Final[dict[str, JSONObject]] = {
     },
     "CreateTranscriptionRequest": _audio_form(granularities=True),
     "CreateTranslationRequest": _audio_form(granularities=False),
-    "TranscriptionSegment": _object(
+    "TranscriptionSegment": json_object(
         ["id", "seek", "start", "end", "text"],
-        id=_INTEGER,
-        seek=_INTEGER,
-        start=_NUMBER,
-        end=_NUMBER,
-        text=_STRING,
-        tokens={"type": "array", "items": _INTEGER},
-        temperature=_NUMBER,
-        avg_logprob=_NUMBER,
-        compression_ratio=_NUMBER,
-        no_speech_prob=_NUMBER,
+        id=INTEGER,
+        seek=INTEGER,
+        start=NUMBER,
+        end=NUMBER,
+        text=STRING,
+        tokens={"type": "array", "items": INTEGER},
+        temperature=NUMBER,
+        avg_logprob=NUMBER,
+        compression_ratio=NUMBER,
+        no_speech_prob=NUMBER,
     ),
-    "TranscriptionUsage": _object(
-        ["type", "seconds"], type={"const": "duration"}, seconds=_INTEGER
+    "TranscriptionUsage": json_object(
+        ["type", "seconds"], type={"const": "duration"}, seconds=INTEGER
     ),
-    "CreateTranscriptionResponseJson": _object(
-        ["text"], text=_STRING, usage=_ref("TranscriptionUsage")
+    "CreateTranscriptionResponseJson": json_object(
+        ["text"], text=STRING, usage=ref("TranscriptionUsage")
     ),
-    "CreateTranscriptionResponseVerboseJson": _object(
+    "CreateTranscriptionResponseVerboseJson": json_object(
         ["task", "language", "duration", "text", "segments"],
         task={"type": "string", "enum": ["transcribe", "translate"]},
-        language=_STRING,
-        duration=_NUMBER,
-        text=_STRING,
-        segments={"type": "array", "items": _ref("TranscriptionSegment")},
-        usage=_ref("TranscriptionUsage"),
+        language=STRING,
+        duration=NUMBER,
+        text=STRING,
+        segments={"type": "array", "items": ref("TranscriptionSegment")},
+        usage=ref("TranscriptionUsage"),
     ),
-    "Model": _object(
+    "Model": json_object(
         ["id", "object", "created", "owned_by"],
-        id=_STRING,
+        id=STRING,
         object={"const": "model"},
-        created=_INTEGER,
-        owned_by=_STRING,
+        created=INTEGER,
+        owned_by=STRING,
     ),
-    "ListModelsResponse": _object(
-        ["object", "data"], object={"const": "list"}, data={"type": "array", "items": _ref("Model")}
+    "ListModelsResponse": json_object(
+        ["object", "data"], object={"const": "list"}, data={"type": "array", "items": ref("Model")}
     ),
-    "BackendState": _object(
+    "BackendState": json_object(
         ["reachable", "ready", "detail", "checked_at"],
         reachable={"type": "boolean"},
         ready={"type": "boolean"},
-        detail=_STRING,
+        detail=STRING,
         checked_at={"type": ["number", "null"], "description": "Unix time; null before a check."},
     ),
-    "Health": _object(["status", "backend"], status={"const": "ok"}, backend=_ref("BackendState")),
-    "Readiness": _object(
-        ["status", "backend"], status={"const": "ready"}, backend=_ref("BackendState")
+    "Health": json_object(
+        ["status", "backend"], status={"const": "ok"}, backend=ref("BackendState")
+    ),
+    "Readiness": json_object(
+        ["status", "backend"], status={"const": "ready"}, backend=ref("BackendState")
     ),
 }
 
@@ -253,7 +281,7 @@ _SCHEMAS: Final[dict[str, JSONObject]] = {
 _ERRORS: Final[dict[int, tuple[str, str]]] = {
     400: ("BadRequest", "The request is malformed or asks for what the model cannot do."),
     401: ("Unauthorized", "A missing or wrong API key (when the server has keys)."),
-    404: ("NotFound", "No such model."),
+    404: ("NotFound", "No such model, or no such stored response."),
     408: ("RequestTimeout", "The body did not arrive within BODY_READ_TIMEOUT."),
     413: ("PayloadTooLarge", "The body (or the uploaded file) is over its size limit."),
     429: ("RateLimited", "Too many requests in flight, for this key, or at SGLang."),
@@ -291,11 +319,11 @@ def _error_response(status: int) -> JSONObject:
     return {
         "description": _ERRORS[status][1],
         "headers": _header_refs(*headers),
-        "content": {JSON: {"schema": _ref("ErrorResponse")}},
+        "content": {JSON: {"schema": ref("ErrorResponse")}},
     }
 
 
-def _responses(description: str, content: JSONObject, errors: tuple[int, ...]) -> JSONObject:
+def responses_with(description: str, content: JSONObject, errors: tuple[int, ...]) -> JSONObject:
     responses: JSONObject = {
         "200": {
             "description": description,
@@ -311,15 +339,15 @@ def _responses(description: str, content: JSONObject, errors: tuple[int, ...]) -
 # --- operations ---------------------------------------------------------------------------------
 
 # What each kind of route can answer besides 200.
-_API_ERRORS: Final = (401, 429, 500, 503)  # the front door, the last resort, draining
-_BODY_ERRORS: Final = (400, 408, 413)
+API_ERRORS: Final = (401, 429, 500, 503)  # the front door, the last resort, draining
+BODY_ERRORS: Final = (400, 408, 413)
 _MODEL_ERRORS: Final = (404, 502, 504)  # an unknown model; SGLang's own failures
-_GENERATION_ERRORS: Final = _API_ERRORS + _BODY_ERRORS + _MODEL_ERRORS
+GENERATION_ERRORS: Final = API_ERRORS + BODY_ERRORS + _MODEL_ERRORS
 _KEY_IF_CONFIGURED: Final[list[JSONObject]] = [{"ApiKey": []}, {}]
-_REQUEST_ID: Final[list[JSONObject]] = [{"$ref": "#/components/parameters/X-Request-ID"}]
+REQUEST_ID: Final[list[JSONObject]] = [{"$ref": "#/components/parameters/X-Request-ID"}]
 
 
-def _operation(
+def operation(
     operation_id: str, summary: str, tag: str, responses: JSONObject, **extra: Any
 ) -> JSONObject:
     return {
@@ -327,7 +355,7 @@ def _operation(
         "summary": summary,
         "tags": [tag],
         "security": _KEY_IF_CONFIGURED,
-        "parameters": _REQUEST_ID,
+        "parameters": REQUEST_ID,
         **extra,
         "responses": responses,
     }
@@ -338,25 +366,25 @@ def _audio_operation(operation_id: str, summary: str, form: str) -> JSONObject:
         JSON: {
             "schema": {
                 "anyOf": [
-                    _ref("CreateTranscriptionResponseJson"),
-                    _ref("CreateTranscriptionResponseVerboseJson"),
+                    ref("CreateTranscriptionResponseJson"),
+                    ref("CreateTranscriptionResponseVerboseJson"),
                 ]
             }
         },
-        "text/plain": {"schema": _STRING},  # text and srt
-        "text/vtt": {"schema": _STRING},
+        "text/plain": {"schema": STRING},  # text and srt
+        "text/vtt": {"schema": STRING},
     }
     body = {
         "required": True,
         "content": {
             "multipart/form-data": {
-                "schema": _ref(form),
+                "schema": ref(form),
                 "encoding": {"timestamp_granularities[]": {"style": "form", "explode": True}},
             }
         },
     }
-    responses = _responses("The transcript in `response_format`.", content, _GENERATION_ERRORS)
-    return _operation(operation_id, summary, "Audio", responses, requestBody=body)
+    responses = responses_with("The transcript in `response_format`.", content, GENERATION_ERRORS)
+    return operation(operation_id, summary, "Audio", responses, requestBody=body)
 
 
 def _operations(model_name: str) -> dict[tuple[str, str], JSONObject]:
@@ -370,28 +398,28 @@ def _operations(model_name: str) -> dict[tuple[str, str], JSONObject]:
         "required": True,
         "content": {
             JSON: {
-                "schema": _ref(ChatCompletionRequest.__name__),
+                "schema": ref(ChatCompletionRequest.__name__),
                 "examples": {"hello": {"value": chat_example}},
             }
         },
     }
-    chat_responses = _responses(
+    chat_responses = responses_with(
         "A `chat.completion`; with `stream: true`, server-sent `ChatCompletionStreamEvent`s.",
         {
-            JSON: {"schema": _ref("ChatCompletion")},
-            "text/event-stream": {"schema": _ref("ChatCompletionStreamEvent")},
+            JSON: {"schema": ref("ChatCompletion")},
+            "text/event-stream": {"schema": ref("ChatCompletionStreamEvent")},
         },
-        _GENERATION_ERRORS,
+        GENERATION_ERRORS,
     )
     model_id = {
         "name": "model_id",
         "in": "path",
         "required": True,
-        "schema": _STRING,
+        "schema": STRING,
         "example": model_name,
     }
     return {
-        ("post", "/v1/chat/completions"): _operation(
+        ("post", "/v1/chat/completions"): operation(
             "createChatCompletion",
             "Creates a model response for the given chat conversation.",
             "Chat",
@@ -406,39 +434,39 @@ def _operations(model_name: str) -> dict[tuple[str, str], JSONObject]:
         ("post", "/v1/audio/translations"): _audio_operation(
             "createTranslation", "Translates audio into English.", "CreateTranslationRequest"
         ),
-        ("get", "/v1/models"): _operation(
+        ("get", "/v1/models"): operation(
             "listModels",
             "Lists the served model.",
             "Models",
-            _responses(
-                "The served model.", {JSON: {"schema": _ref("ListModelsResponse")}}, _API_ERRORS
+            responses_with(
+                "The served model.", {JSON: {"schema": ref("ListModelsResponse")}}, API_ERRORS
             ),
         ),
-        ("get", "/v1/models/{model_id}"): _operation(
+        ("get", "/v1/models/{model_id}"): operation(
             "retrieveModel",
             "Retrieves the served model; any other id is a 404.",
             "Models",
-            _responses("The model.", {JSON: {"schema": _ref("Model")}}, (*_API_ERRORS, 404)),
-            parameters=[model_id, *_REQUEST_ID],
+            responses_with("The model.", {JSON: {"schema": ref("Model")}}, (*API_ERRORS, 404)),
+            parameters=[model_id, *REQUEST_ID],
         ),
-        ("get", "/health"): _operation(
+        ("get", "/health"): operation(
             "getHealth",
             "Liveness: answers at once with the last known state of SGLang.",
             "Health",
-            _responses("Alive.", {JSON: {"schema": _ref("Health")}}, ()),
+            responses_with("Alive.", {JSON: {"schema": ref("Health")}}, ()),
             security=[],  # always open
         ),
-        ("get", "/health/ready"): _operation(
+        ("get", "/health/ready"): operation(
             "getReadiness",
             "Readiness: 200 only while SGLang is ready to generate.",
             "Health",
-            _responses("Ready.", {JSON: {"schema": _ref("Readiness")}}, (401, 503)),
+            responses_with("Ready.", {JSON: {"schema": ref("Readiness")}}, (401, 503)),
         ),
-        ("get", "/metrics"): _operation(
+        ("get", "/metrics"): operation(
             "getMetrics",
             "Prometheus metrics in the text exposition format.",
             "Health",
-            _responses("The metrics.", {"text/plain": {"schema": _STRING}}, (401,)),
+            responses_with("The metrics.", {"text/plain": {"schema": STRING}}, (401,)),
         ),
     }
 
@@ -446,19 +474,30 @@ def _operations(model_name: str) -> dict[tuple[str, str], JSONObject]:
 # --- the document -------------------------------------------------------------------------------
 
 
-def _chat_request_schemas() -> dict[str, JSONObject]:
-    """`ChatCompletionRequest` and the models it uses, referenced as OpenAPI components."""
-    schema = ChatCompletionRequest.model_json_schema(
-        ref_template="#/components/schemas/{model}", mode="validation"
-    )
+def model_schemas(model: type[BaseModel]) -> dict[str, JSONObject]:
+    """A request model and the models it uses, referenced as OpenAPI components."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}", mode="validation")
     definitions: dict[str, JSONObject] = schema.pop("$defs", {})
-    return {**definitions, ChatCompletionRequest.__name__: schema}
+    return {**definitions, model.__name__: schema}
 
 
-def build_openapi(app: FastAPI) -> JSONObject:
+# What a package above this one adds to the document (the Responses API's routes): for a model
+# name, its operations by (method, path) and its component schemas.
+OpenAPIPart = Callable[[str], tuple[dict[tuple[str, str], JSONObject], dict[str, JSONObject]]]
+
+
+def build_openapi(app: FastAPI, parts: Sequence[OpenAPIPart] = ()) -> JSONObject:
     """The OpenAPI 3.1 document of `app`'s routes, as the gateway really answers them."""
     model_name = str(getattr(getattr(app.state, "settings", None), "model_name", "model"))
     described = _operations(model_name)
+    request_schemas = model_schemas(ChatCompletionRequest)
+    for part in parts:
+        operations, schemas = part(model_name)
+        clash = (described.keys() & operations.keys()) or (request_schemas.keys() & schemas.keys())
+        if clash:
+            raise RuntimeError(f"OpenAPI operations or schemas defined twice: {sorted(clash)}")
+        described |= operations
+        request_schemas |= schemas
     paths: dict[str, JSONObject] = {}
     for route in app.routes:
         if not isinstance(route, Route) or not route.include_in_schema:
@@ -471,7 +510,6 @@ def build_openapi(app: FastAPI) -> JSONObject:
             }
             paths.setdefault(route.path_format, {})[method] = copy.deepcopy(operation)
 
-    request_schemas = _chat_request_schemas()
     clash = _SCHEMAS.keys() & request_schemas.keys()
     if clash:
         raise RuntimeError(f"OpenAPI schema names defined twice: {sorted(clash)}")
@@ -495,7 +533,7 @@ def build_openapi(app: FastAPI) -> JSONObject:
                         "Your id for the request, echoed back and logged when it is letters, "
                         "digits and `-_.:` (at most 128 of them); anything else is replaced."
                     ),
-                    "schema": _STRING,
+                    "schema": STRING,
                 }
             },
             "headers": copy.deepcopy(_HEADERS),
@@ -510,15 +548,15 @@ def build_openapi(app: FastAPI) -> JSONObject:
     }
 
 
-def install_openapi(app: FastAPI) -> None:
-    """Make `app.openapi()` (and `/openapi.json`) return `build_openapi(app)`, built once.
+def install_openapi(app: FastAPI, *parts: OpenAPIPart) -> None:
+    """Make `app.openapi()` (and `/openapi.json`) return `build_openapi(app, parts)`, built once.
 
     Built on first use, not here, so routes added after this call are documented too.
     """
 
     def openapi() -> JSONObject:
         if app.openapi_schema is None:
-            app.openapi_schema = build_openapi(app)
+            app.openapi_schema = build_openapi(app, parts)
         return app.openapi_schema
 
     # FastAPI's documented way to replace the document:

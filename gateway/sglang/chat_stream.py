@@ -28,7 +28,10 @@ from gateway.sglang.upstream import TransportError, UpstreamResponse
 class StreamTranslator(Protocol):
     """Turns SGLang's event payloads into the client's frames (`translate.ChunkRewriter`)."""
 
-    usage: dict[str, Any] | None  # SGLang's usage, once its usage chunk was seen
+    @property
+    def usage(self) -> dict[str, Any] | None:
+        """SGLang's usage, once its usage chunk was seen."""
+        ...
 
     def translate(self, payload: bytes) -> bytes:
         """The frames for one SGLang payload (b"" for none); raises the error it carries."""
