@@ -5,7 +5,8 @@ several calls as a JSON list of those. What it writes is read as leniently as is
 
 - a call is a JSON object with a `name` that is one of the declared functions and `parameters`
   (or `arguments`, the OpenAI spelling models also use) holding an object, or a JSON string of
-  one; a JSON list of such objects is several calls, and so are several objects in a row;
+  one, and no other key; a JSON list of such objects is several calls, and so are several
+  objects in a row;
 - text around the calls is the message's content; a Markdown fence wrapped around a call
   (```json ... ```) goes with the call;
 - anything else (JSON that is not a call, a name nobody declared, a call cut off by
@@ -111,8 +112,11 @@ def calls_in(value: Any, names: frozenset[str]) -> list[ParsedCall] | None:
     return calls
 
 
+_CALL_KEYS = frozenset({"name", "parameters", "arguments"})
+
+
 def _as_call(item: Any, names: frozenset[str]) -> ParsedCall | None:
-    if not isinstance(item, dict) or item.get("name") not in names:
+    if not isinstance(item, dict) or item.get("name") not in names or item.keys() - _CALL_KEYS:
         return None
     arguments = item.get("parameters", item.get("arguments"))
     if isinstance(arguments, str):
@@ -195,6 +199,7 @@ class CallScanner:
         self._held = ""  # text not given out yet: from a possible call's first character
         self._calls = 0
         self._after_call = False  # a call was just given out: a closing fence may follow
+        self._gap = False  # nothing but whitespace since the last call
         self._forced = _ForcedCalls(names, max_calls) if forced else None
 
     @property
@@ -221,7 +226,7 @@ class CallScanner:
             self._held, self._forced = self._forced.text, None
         events = self._scan(final=True)
         if self._held:
-            events.append(Content(self._held))
+            self._content(events, self._held)
             self._held = ""
         return events
 
@@ -242,31 +247,32 @@ class CallScanner:
             if start < 0:
                 partial = None if final else _PARTIAL_FENCE.search(held)
                 cut = partial.start() if partial is not None else len(held)
-                if cut:
-                    events.append(Content(held[:cut]))
+                if self._gap and not final and not held[:cut].strip():
+                    break  # whitespace after a call: wait for what follows it
+                self._content(events, held[:cut])
                 held = held[cut:]
                 break
             fence = _FENCE_BEFORE.search(held, 0, start)
             lead = fence.start() if fence is not None else start
             if lead:
-                events.append(Content(held[:lead]))
+                self._content(events, held[:lead])
                 held = held[lead:]
                 start -= lead
             end = json_value_end(held, start)
             if end is None:
                 if _cannot_open_call(held, start):
-                    events.append(Content(held[: start + 1]))
+                    self._content(events, held[: start + 1])
                     held = held[start + 1 :]
                     continue
                 break  # wait for the rest of the value
             value = _load(held[start:end])
             if value is _NOT_JSON:
-                events.append(Content(held[: start + 1]))  # prose: a call may still be inside
+                self._content(events, held[: start + 1])  # prose: a call may still be inside
                 held = held[start + 1 :]
                 continue
             found = calls_in(value, self._names)
             if found is None:
-                events.append(Content(held[:end]))
+                self._content(events, held[:end])
                 held = held[end:]
                 continue
             if self._max_calls is not None:  # calls beyond the limit are dropped, as unasked
@@ -277,8 +283,18 @@ class CallScanner:
                 self._calls += 1
             held = held[end:]
             self._after_call = fence is not None
+            self._gap = True
         self._held = held
         return events
+
+    def _content(self, events: list[Event], text: str) -> None:
+        """Give out `text`; whitespace between or after calls is not content."""
+        if self._gap:
+            if not text.strip():
+                return
+            self._gap = False
+        if text:
+            events.append(Content(text))
 
 
 def _cannot_open_call(text: str, start: int) -> bool:

@@ -57,6 +57,7 @@ _RENAMED_PARAMS = {
     "max_completion_tokens": "max_output_tokens",
     "response_format": "text.format",
 }
+_RENAMED_ITEM_FIELDS = {".tool_call_id": ".call_id", ".tool_calls": ""}
 _MESSAGE_PARAM = re.compile(r"^messages\[(\d+)\]")
 _TOOL_PARAM = re.compile(r"^tools\[(\d+)\]\.function")
 
@@ -243,11 +244,11 @@ def _renamed(error: GatewayError, sources: list[str]) -> GatewayError:
         index = int(match.group(1))
         if index < len(sources):
             source = sources[index]
-            renamed = (
-                source
-                if source in ("instructions", "previous_response_id")
-                else (source + param[match.end() :])
-            )
+            if source in ("instructions", "previous_response_id"):
+                renamed = source
+            else:  # the chat message's field, in the input item's words
+                rest = param[match.end() :]
+                renamed = source + _RENAMED_ITEM_FIELDS.get(rest, rest)
     if renamed is None and (match := _TOOL_PARAM.match(param)):
         renamed = f"tools[{match.group(1)}]" + param[match.end() :]
     if renamed is None:
