@@ -21,7 +21,8 @@ A Gemma transcript has one segment per clip that holds speech, timed by the clip
 gives none of Whisper's per-segment numbers, so they are neutral: `tokens` [], `avg_logprob`
 and `no_speech_prob` 0.0, the request's `temperature`, `seek` the clip's start in Whisper's 10 ms
 frames, and `compression_ratio` computed from the text as Whisper does (it flags repetition loops).
-`language` is the client's hint as given, else "unknown": Gemma does not report what it heard.
+`language` is the English name of the client's hint ("english", as OpenAI reports it), else
+"unknown": Gemma does not report what it heard.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from gateway.media.audio import (
 )
 from gateway.settings import Settings
 from gateway.speech.formats import ResponseFormat, Task, render
+from gateway.speech.languages import language_name
 from gateway.speech.whisper_asr import TranscriptResult, TranscriptSegment, WhisperTranscriber
 
 if TYPE_CHECKING:  # audio.py defines it only for type checkers (NumPy loads lazily, issue 7)
@@ -309,7 +311,7 @@ class TranscriptionService:
             start = end
         return TranscriptResult(
             text=" ".join(s.text for s in segments),
-            language=request.language.lower() if request.language else "unknown",
+            language=language_name(request.language) if request.language else "unknown",
             duration=decoded.duration,
             segments=tuple(segments),
         )
@@ -350,7 +352,7 @@ def gemma_instruction(task: Task, language: str | None, prompt: str | None) -> s
     """The instruction sent with every clip: the task, then the client's hints."""
     parts = [_INSTRUCTIONS[task], "If there is no speech, output nothing."]
     if language:
-        parts.append(f"The speech is in this language: {language}.")
+        parts.append(f"The speech is in this language: {language_name(language)}.")
     if prompt:
         parts.append(
             "Context for spelling and style (it is not part of the audio; do not repeat it): "

@@ -30,6 +30,7 @@ import pytest
 from gateway import errors
 from gateway.media import audio
 from gateway.settings import Settings
+from gateway.speech.languages import language_name
 from gateway.speech.transcription import (
     GEMMA_CLIP_CONCURRENCY,
     TranscriptionRequest,
@@ -375,7 +376,7 @@ async def test_hints_and_translation_reach_gemma(meeting: bytes) -> None:
     )
     verbose = json.loads(body)
     assert verbose["task"] == "translate"
-    assert verbose["language"] == "fr"
+    assert verbose["language"] == "french"  # the English name, as OpenAI reports it
     assert verbose["text"] == "Hello there. Hello there. Hello there."
     assert {call.instruction for call in gemma.calls} == {
         gemma_instruction("translate", "fr", "Gemma")
@@ -562,3 +563,9 @@ async def test_an_unloadable_whisper_model_is_a_server_error(tmp_path: Path) -> 
             factory.encode(factory.tone(1.0), "wav"), None, request(model="whisper-1")
         )
     assert (caught.value.status_code, caught.value.code) == (500, "whisper_unavailable")
+
+
+def test_languages_are_named_as_openai_names_them() -> None:
+    assert language_name("en") == "english" and language_name("ZH") == "chinese"
+    assert language_name("haw") == "hawaiian" and language_name("xx") == "xx"
+    assert "this language: french." in gemma_instruction("transcribe", "fr", None)
