@@ -129,7 +129,9 @@ def _route(path: str, file: StaticFile) -> Route:
     async def serve(request: Request) -> Response:
         return file.response(request)
 
-    return Route(path, serve, methods=["GET"])  # Starlette adds HEAD to every GET route
+    # Starlette adds HEAD to every GET route. A page is not part of the API, so it stays out of
+    # the OpenAPI document (and out of what the fuzzer reads from it).
+    return Route(path, serve, methods=["GET"], include_in_schema=False)
 
 
 def _etag_matches(header: str | None, etag: str) -> bool:

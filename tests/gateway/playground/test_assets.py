@@ -278,5 +278,11 @@ def test_if_none_match(header: str | None, matches: bool) -> None:
     assert _etag_matches(header, '"abc"') is matches
 
 
+def test_the_page_is_not_part_of_the_openapi_document(gateway: ServerThread) -> None:
+    paths = set(gateway.app.openapi()["paths"])
+    assert "/v1/chat/completions" in paths
+    assert not {p for p in paths if p == "/" or p.startswith("/playground")}
+
+
 def test_the_policy_is_one_header_line() -> None:
     assert "\n" not in CONTENT_SECURITY_POLICY and CONTENT_SECURITY_POLICY.isascii()
