@@ -3,6 +3,7 @@
 Routes only parse, call one `ModelHandler` method and turn the result into a response; every
 failure is a `GatewayError` answered in OpenAI's shape by one handler here. A request whose client
 goes away is cancelled at once, which closes its upstream connection so SGLang stops generating.
+The browser playground (`gateway/playground`) adds its page's routes unless `PLAYGROUND=false`.
 
 Run with `python app.py` (settings from the environment): `main()` adds what a bare
 `uvicorn app:app` lacks: logging with request ids, uvloop and httptools with head limits
@@ -49,6 +50,7 @@ from gateway.errors import (
 from gateway.media.audio import AudioDecoder
 from gateway.media.fetch import MediaFetcher
 from gateway.media.images import ImagePreparer
+from gateway.playground.assets import Playground
 from gateway.responses.openapi import responses_openapi
 from gateway.responses.schemas import ResponsesRequest
 from gateway.responses.service import ResponsesService
@@ -140,10 +142,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics = Metrics()
     _add_error_handlers(app)
     _add_routes(app)
+    playground = Playground() if settings.playground else None
+    if playground is not None:
+        app.router.routes.extend(playground.routes())
     install_openapi(app, responses_openapi)
     # Added innermost first. Outermost to innermost: CORS (preflights need no key), request id
     # and access line, metrics (they count what the front door refuses too), front door, app.
-    app.add_middleware(FrontDoor, settings=settings, draining=draining)
+    app.add_middleware(
+        FrontDoor,
+        settings=settings,
+        draining=draining,
+        open_paths=playground.open_paths if playground is not None else (),
+    )
     app.add_middleware(
         MetricsMiddleware,
         metrics=metrics,

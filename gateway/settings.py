@@ -313,6 +313,13 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(
         0, ge=0, description="Requests per minute per API key (0: no per-key rate limit)."
     )
+    playground: bool = Field(
+        True,
+        description=(
+            "Serve the browser playground at / and /playground (its page and files load "
+            "without a key; every API call it makes needs one); false: those paths are 404."
+        ),
+    )
     cors_origins: list[str] = Field(
         default_factory=list,
         description="Origins allowed by CORS, as JSON: '[\"https://a.example\"]'; empty: off.",

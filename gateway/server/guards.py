@@ -6,7 +6,9 @@ runs, in this order:
 1. API keys (`API_KEYS`, `API_KEYS_FILE`): `Authorization: Bearer <key>`, compared in constant
    time against every key (no early exit, so timing says nothing about which key or how many
    matched). `/health` is always open; `/health/ready` and `/metrics` follow
-   `PROTECT_HEALTH_AND_METRICS`. Only a key id (a hash prefix) is ever logged, never the key.
+   `PROTECT_HEALTH_AND_METRICS`; a GET or HEAD of one of the exact `open_paths` the app names
+   (the playground's page and files) needs no key. Only a key id (a hash prefix) is ever
+   logged, never the key.
 2. Per-key rate (`RATE_LIMIT_PER_MINUTE`): a token bucket per key; 429 with Retry-After.
 3. Draining: after SIGTERM new requests get 503 (probes still answer).
 4. Requests in flight (`MAX_IN_FLIGHT`): beyond it 429 with Retry-After instead of piling work
@@ -23,6 +25,7 @@ import hashlib
 import hmac
 import logging
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 import orjson
@@ -43,6 +46,7 @@ logger = logging.getLogger("gateway.guards")
 
 ALWAYS_OPEN = frozenset({"/health"})
 PROBES = frozenset({"/health", "/health/ready", "/metrics"})
+OPEN_METHODS = frozenset({"GET", "HEAD"})  # for `open_paths`: reading a page, never an API call
 
 
 class Draining:
@@ -116,8 +120,15 @@ class RateLimiter:
 class FrontDoor:
     """The middleware; see the module docstring for what it checks, in order."""
 
-    def __init__(self, app: ASGIApp, settings: Settings, draining: Draining) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        settings: Settings,
+        draining: Draining,
+        open_paths: Collection[str] = (),
+    ) -> None:
         self.app = app
+        self._open_paths = frozenset(open_paths)
         self._settings = settings
         self._draining = draining
         self._keys = KeyRing(load_api_keys(settings))
@@ -133,7 +144,7 @@ class FrontDoor:
             return
         path: str = scope["path"]
         try:
-            if self._keys and self._needs_key(path):
+            if self._keys and self._needs_key(path, scope["method"]):
                 identity = self._authenticate(scope)
                 key_id_var.set(identity)
                 if self._rate is not None:
@@ -167,8 +178,10 @@ class FrontDoor:
             body.close()
             self.in_flight -= 1
 
-    def _needs_key(self, path: str) -> bool:
+    def _needs_key(self, path: str, method: str) -> bool:
         if path in ALWAYS_OPEN:
+            return False
+        if path in self._open_paths and method in OPEN_METHODS:
             return False
         return self._probes_need_key or path not in PROBES
 
