@@ -15,14 +15,16 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     HOST=0.0.0.0 \
     PORT=8000 \
-    HF_HOME=/hf-cache
+    HF_HOME=/hf-cache \
+    RESPONSES_STORE_PATH=/data/responses.sqlite3
 
-# A fixed non-root uid/gid, so volume ownership is predictable. The cache folders belong to it,
-# so a fresh named volume mounted on one starts out writable by this user.
+# A fixed non-root uid/gid, so volume ownership is predictable. The cache folders and /data (the
+# Responses API's store) belong to it, so a fresh named volume mounted on one starts out writable
+# by this user.
 RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --home-dir /home/app --create-home app \
-    && mkdir -p /hf-cache /home/app/.cache/whisper \
-    && chown -R app:app /hf-cache /home/app/.cache
+    && mkdir -p /hf-cache /home/app/.cache/whisper /data \
+    && chown -R app:app /hf-cache /home/app/.cache /data
 
 WORKDIR /app
 

@@ -88,8 +88,12 @@ def flag(service: dict[str, Any], name: str) -> str:
 
 
 def normalised(service: dict[str, Any]) -> dict[str, Any]:
-    """docker-compose prints `net: null` for one file and `net: {}` after a merge."""
-    return {**service, "networks": {k: v or {} for k, v in service["networks"].items()}}
+    """docker-compose prints `net: null` for one file and `net: {}` after a merge, and may list
+    volumes in another order after a merge."""
+    normal = {**service, "networks": {k: v or {} for k, v in service["networks"].items()}}
+    if "volumes" in service:
+        normal["volumes"] = sorted(service["volumes"])
+    return normal
 
 
 def check_invariants(config: dict[str, Any]) -> None:
@@ -176,6 +180,18 @@ def test_jetson_override_keeps_the_invariants_and_changes_only_sglang(
     assert sglang["environment"]["TORCH_COMPILE_DISABLE"] == "1"
     assert "/health_generate" in " ".join(sglang["healthcheck"]["test"])
     assert not any(a.startswith("--admin-api-key") for a in sglang["command"])  # not in 0.4.x
+
+
+def test_stored_responses_live_on_a_volume_the_gateway_owns(base: dict[str, Any]) -> None:
+    gateway = base["services"]["gateway"]
+    assert any(volume.startswith("responses:/data") for volume in gateway["volumes"])
+    assert "responses" in base["volumes"]
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "RESPONSES_STORE_PATH=/data/responses.sqlite3" in dockerfile
+    assert (
+        "chown -R app:app" in dockerfile
+        and " /data" in dockerfile.split("chown -R app:app")[1].splitlines()[0]
+    )
 
 
 def test_memory_and_context_come_from_variables(tmp_path: Path) -> None:
