@@ -36,7 +36,7 @@ from starlette.routing import Route
 from gateway.api.openapi import install_openapi
 from gateway.api.schemas import ChatCompletionRequest
 from gateway.api.streaming import EventStreamResponse
-from gateway.api.validation import parse_json_body
+from gateway.api.validation import parse_json
 from gateway.chat.media import MediaPreparer
 from gateway.errors import (
     GatewayError,
@@ -191,7 +191,7 @@ def _json(
 def _add_routes(app: FastAPI) -> None:
     async def chat_completions(request: Request) -> Response:
         body = await request.body()
-        chat = parse_json_body(ChatCompletionRequest, body, request.headers.get("content-type"))
+        chat = await parse_json(ChatCompletionRequest, body, request.headers.get("content-type"))
         handler: ModelHandler = request.app.state.handler
         if chat.stream:
             stream = await _until_disconnect(request, handler.stream_chat_completion(chat))
@@ -207,7 +207,7 @@ def _add_routes(app: FastAPI) -> None:
     @app.post("/v1/responses")
     async def create_response(request: Request) -> Response:
         body = await request.body()
-        parsed = parse_json_body(ResponsesRequest, body, request.headers.get("content-type"))
+        parsed = await parse_json(ResponsesRequest, body, request.headers.get("content-type"))
         service: ResponsesService = request.app.state.responses
         result = await _until_disconnect(request, service.create(parsed))
         if isinstance(result, bytes):

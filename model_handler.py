@@ -29,6 +29,7 @@ from typing import Any
 import orjson
 
 from gateway.api.schemas import ChatCompletionRequest
+from gateway.chat.budget import check_budget
 from gateway.chat.conversation import Conversation, normalise_conversation
 from gateway.chat.media import MediaPreparer
 from gateway.chat.tool_output import ToolCallChunks, apply_to_completion
@@ -261,8 +262,8 @@ class ModelHandler:
         """
         self.check_model(request.model)
         _refuse_audio_output(request)
+        check_budget(request, self._settings)
         tools = plan_tools(request)
-        self._check_counts(request)
         max_tokens = self._max_tokens(request)
         constraint = _constraint(request, tools)
         conversation = await self._conversation(request, tools, prepared_messages)
@@ -308,19 +309,6 @@ class ModelHandler:
             conversation.media = [m for m in conversation.media if m.source[0] >= prepared_messages]
         await self._media.prepare(conversation)
         return conversation
-
-    def _check_counts(self, request: ChatCompletionRequest) -> None:
-        limit = self._settings.max_messages_per_request
-        if len(request.messages) > limit:
-            raise InvalidRequest(
-                f"Too many messages: {len(request.messages)}. At most {limit} are accepted.",
-                param="messages",
-            )
-        if request.n is not None and request.n > self._settings.max_n:
-            raise InvalidRequest(
-                f"n is too large: {request.n}. This gateway allows at most {self._settings.max_n}.",
-                param="n",
-            )
 
     def _max_tokens(self, request: ChatCompletionRequest) -> int:
         # OpenAI's newer name wins, as it does in SGLang.

@@ -305,6 +305,21 @@ class Settings(BaseSettings):
         1000, ge=1, description="Most messages in one chat request."
     )
     max_n: int = Field(8, ge=1, le=128, description="Largest n (choices) one request may ask for.")
+    max_json_elements: int = Field(
+        16384,
+        ge=256,
+        description="Most elements (commas) in a JSON body, counted as it arrives (else 400).",
+    )
+    max_parts_per_message: int = Field(256, ge=1, description="Most content parts in one message.")
+    max_parts_per_request: int = Field(
+        1024, ge=1, description="Most content parts in one request, all messages together."
+    )
+    max_text_chars: int = Field(
+        1 << 20, ge=1024, description="Most characters of text in one request, all parts together."
+    )
+    max_tools: int = Field(
+        128, ge=1, le=1024, description="Most functions one request may declare (OpenAI: 128)."
+    )
     max_in_flight: int = Field(
         1024,
         ge=1,

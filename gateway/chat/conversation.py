@@ -272,13 +272,20 @@ def join_adjacent_text(parts: list[dict[str, Any]]) -> str | list[dict[str, Any]
 
     Gemma's template trims each text part and concatenates parts with nothing between them, so
     ["Here is the text:", "Once upon..."] would reach the model as "Here is the text:Once upon...".
+    Linear: each run of text is joined once (concatenating as it went was quadratic).
     """
     merged: list[dict[str, Any]] = []
+    run: list[str] = []
     for part in parts:
-        if part["type"] == "text" and merged and merged[-1]["type"] == "text":
-            merged[-1] = _text_part(merged[-1]["text"] + TEXT_JOINER + part["text"])
-        else:
-            merged.append(part)
+        if part["type"] == "text":
+            run.append(part["text"])
+            continue
+        if run:
+            merged.append(_text_part(TEXT_JOINER.join(run)))
+            run = []
+        merged.append(part)
+    if run:
+        merged.append(_text_part(TEXT_JOINER.join(run)))
     if len(merged) == 1 and merged[0]["type"] == "text":
         return str(merged[0]["text"])
     return merged
