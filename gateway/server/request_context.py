@@ -6,6 +6,11 @@ new one. Every log line written while the request is handled carries it too, and
 per request says: method, path, status, duration, key id (never the key), then what the handler
 recorded (model, prompt/completion tokens, time to first token). The middleware is pure ASGI so
 that it neither buffers nor delays streamed responses.
+
+Log lines cannot be forged or flooded by a client, in any module: `SafeFormatter` (the one the
+gateway's handler uses) cuts every string a line interpolates to `LOG_VALUE_LIMIT` characters
+and escapes control characters in the whole line, so a newline in a model name, a URL or a
+content part type can never start a new line, and a 5 MB model name is 300 characters of log.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ key_id_var: ContextVar[str] = ContextVar("key_id", default="-")
 # access line. A dict shared by reference, so what a streaming task writes is seen here.
 request_facts_var: ContextVar[dict[str, object]] = ContextVar("request_facts")
 access_logger = logging.getLogger("gateway.access")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 
 
 def accepted_request_id(value: bytes | None) -> str:
@@ -44,12 +50,37 @@ def accepted_request_id(value: bytes | None) -> str:
     return os.urandom(16).hex()  # as random as uuid4().hex, without building a UUID
 
 
+LOG_VALUE_LIMIT = 300  # characters of one interpolated string in a log line
+LOG_LINE_LIMIT = 8192  # characters of a whole log message
+
+
 def loggable(text: str) -> str:
     """`text` with control and non-ASCII characters escaped: a client-chosen path (decoded from
     %0d%0a) must not be able to forge a log line."""
     if text.isprintable() and text.isascii():
         return text
     return text.encode("unicode_escape").decode("ascii")
+
+
+def shortened(text: str, limit: int = LOG_VALUE_LIMIT) -> str:
+    """`text` cut to `limit` characters, saying how long it was."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}...({len(text)} chars)"
+
+
+class SafeFormatter(logging.Formatter):
+    """A formatter whose lines a client cannot forge or flood (see the module docstring)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        args = record.args
+        if isinstance(args, tuple) and any(isinstance(a, str) for a in args):
+            record.args = tuple(shortened(a) if isinstance(a, str) else a for a in args)
+        message = record.getMessage()
+        safe = loggable(shortened(message, LOG_LINE_LIMIT))
+        if safe is not message:
+            record.msg, record.args = safe, None
+        return super().format(record)
 
 
 class RequestIdMiddleware:
@@ -101,7 +132,7 @@ class RequestIdMiddleware:
                 status,
                 (time.perf_counter() - started) * 1000,
                 key_id_var.get(),
-                "".join(f" {name}={value}" for name, value in facts.items()),
+                "".join(f" {k}={shortened(loggable(str(v)), 100)}" for k, v in facts.items()),
             )
             request_facts_var.reset(facts_token)
             key_id_var.reset(key_token)
@@ -140,9 +171,7 @@ def configure_logging(level: str) -> None:
     logging.logMultiprocessing = False
     handler = logging.StreamHandler()
     handler.addFilter(RequestIdFilter())
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
-    )
+    handler.setFormatter(SafeFormatter(LOG_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
