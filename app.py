@@ -135,6 +135,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # The gateway's metrics are Prometheus (metrics.py). FastAPI's OpenTelemetry hooks, idle
         # as they are without a provider, still cost ~3 % of a request checking for one.
         telemetry={"tracing": False, "metrics": False, "logs": False},
+        # /v1/chat/completions/ is a 404 as at OpenAI, not a redirect whose Location Starlette
+        # would build from the client's Host header.
+        redirect_slashes=False,
     )
     app.state.settings = settings
     app.state.started_at = int(time.time())

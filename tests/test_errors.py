@@ -319,3 +319,16 @@ def test_sdk_raises_on_a_mid_stream_error(client: openai.OpenAI, fake: FakeSGLan
         for chunk in stream:
             received.append(chunk)
     assert received  # the tokens before the failure were delivered
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/chat/completions/", "/health/", "/metrics/", "/v1/models/", "/v1/responses/"]
+)
+def test_trailing_slashes_are_404s_never_redirects(http: httpx.Client, path: str) -> None:
+    for response in (
+        http.get(path, headers={"host": "evil.example"}),
+        http.post(path, json={}, headers={"host": "evil.example"}),
+    ):
+        assert response.status_code in (404, 405), response.text
+        assert "location" not in response.headers
+        assert set(response.json()["error"]) == {"message", "type", "param", "code"}

@@ -127,14 +127,12 @@ def test_nothing_else_exists_under_the_page(http: httpx.Client, path: str) -> No
 
 
 @pytest.mark.parametrize("path", ["/playground/", "/playground/static/app.js/"])
-def test_a_trailing_slash_redirects_to_the_page_as_on_every_route(
-    http: httpx.Client, path: str
-) -> None:
-    # Starlette's router does this for every route (/health/ too); the page's relative links
-    # would not resolve under /playground/, so the redirect is what a visitor needs.
+def test_a_trailing_slash_is_a_404_as_on_every_route(http: httpx.Client, path: str) -> None:
+    # No redirect: one built from the client's Host header is an open redirect (issue 13).
     response = http.get(path)
-    assert response.status_code == 307
-    assert httpx.URL(response.headers["location"]).path == path.rstrip("/")
+    assert response.status_code == 404
+    assert "location" not in response.headers
+    assert response.json()["error"]["type"] == "invalid_request_error"
 
 
 def test_post_to_the_page_is_405(http: httpx.Client) -> None:
