@@ -465,7 +465,9 @@ def main() -> None:
         # Streams get SHUTDOWN_GRACE_SECONDS, then an error event; uvicorn must wait for that.
         timeout_graceful_shutdown=int(grace),
         loop="uvloop",
-        http=limited_protocol(settings.max_header_bytes, settings.header_read_timeout),
+        http=limited_protocol(
+            settings.max_header_bytes, settings.header_read_timeout, settings.max_connections
+        ),
     )
     # Everything built so far lives as long as the process: keep it out of the cyclic garbage
     # collector's full passes, each of which otherwise walks ~70,000 objects (34 ms here, a

@@ -301,6 +301,11 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds a client may take to send a request's line and headers (else 408).",
     )
+    max_connections: int = Field(
+        4096,
+        ge=16,
+        description="Most open client connections; one more is answered 503 and closed.",
+    )
     max_messages_per_request: int = Field(
         1000, ge=1, description="Most messages in one chat request."
     )

@@ -13,11 +13,16 @@ from test_load import GatewayProcess, gateway_process
 
 HEAD_LIMIT = 32 * 1024
 HEAD_TIMEOUT = 0.5
+MAX_CONNECTIONS = 24
 
 
 @pytest.fixture(scope="module")
 def limited(fake_server: FakeSGLang) -> Iterator[GatewayProcess]:
-    limits = {"MAX_HEADER_BYTES": str(HEAD_LIMIT), "HEADER_READ_TIMEOUT": str(HEAD_TIMEOUT)}
+    limits = {
+        "MAX_HEADER_BYTES": str(HEAD_LIMIT),
+        "HEADER_READ_TIMEOUT": str(HEAD_TIMEOUT),
+        "MAX_CONNECTIONS": str(MAX_CONNECTIONS),
+    }
     with gateway_process(fake_server, **limits) as gateway:
         yield gateway
 
@@ -118,3 +123,60 @@ def test_keep_alive_requests_each_get_the_full_time(limited: GatewayProcess) -> 
             sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
             assert _read_response(sock).startswith(b"HTTP/1.1 200 ")
             time.sleep(HEAD_TIMEOUT * 0.6)
+
+
+def test_a_header_that_never_ends_is_431_as_soon_as_it_passes_the_limit(
+    limited: GatewayProcess,
+) -> None:
+    # No line end ever comes: httptools would hold the partial value until the time limit.
+    with _connect(limited) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Endless: ")
+        sent = 0
+        started = time.monotonic()
+        try:
+            while sent < 50 * HEAD_LIMIT:
+                sock.sendall(b"a" * 4096)
+                sent += 4096
+        except OSError:  # the gateway answered and closed
+            pass
+        answer = _read_until_closed(sock)
+    assert _status_and_error(answer)[0] == 431
+    assert sent < 4 * HEAD_LIMIT  # refused near the limit, not after buffering everything
+    assert time.monotonic() - started < HEAD_TIMEOUT
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        b"\r\nzz\r\n",
+        b"GET /he alth HTTP/1.1\r\n\r\n",
+    ],
+    ids=["CL and TE", "negative length", "bad chunk", "bad request line"],
+)
+def test_malformed_http_is_an_openai_400(limited: GatewayProcess, request_bytes: bytes) -> None:
+    with _connect(limited) as sock:
+        sock.sendall(request_bytes)
+        answer = _read_until_closed(sock)
+    status, error = _status_and_error(answer)
+    assert status == 400
+    assert error["type"] == "invalid_request_error"
+
+
+def test_connections_over_the_limit_are_503_and_closed(limited: GatewayProcess) -> None:
+    held = [_connect(limited) for _ in range(MAX_CONNECTIONS)]
+    try:
+        time.sleep(0.2)
+        with _connect(limited) as extra:
+            status, error = _status_and_error(_read_until_closed(extra))
+        assert status == 503 and "connections" in str(error["message"])
+    finally:
+        for sock in held:
+            sock.close()
+    time.sleep(0.3)
+    with _connect(limited) as sock:  # room again once they are gone
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _read_response(sock).startswith(b"HTTP/1.1 200 ")
