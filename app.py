@@ -31,6 +31,7 @@ from fastapi.responses import Response
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 
 from gateway.api.openapi import install_openapi
@@ -311,6 +312,7 @@ async def _drain_on_exit(draining: Draining, handler: ModelHandler, settings: Se
     if handler.open_streams:
         logger.warning("ending %d streams still open after the grace", len(handler.open_streams))
         end_streams_for_shutdown(handler)
+    draining.done = True  # GatewayServer stops listening now
 
 
 def _warn_if_open(settings: Settings) -> None:
@@ -412,7 +414,10 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _json(exc.body(), exc.status_code, exc.headers)
 
     async def client_disconnected(request: Request, exc: Exception) -> Response:
-        logger.info("client disconnected; upstream request closed")
+        if isinstance(exc, ClientDisconnect):  # Starlette's: gone while its body was read
+            logger.info("client disconnected while sending its request")
+        else:
+            logger.info("client disconnected; upstream request closed")
         return Response(status_code=CLIENT_CLOSED_REQUEST)
 
     async def http_error(request: Request, exc: Exception) -> Response:
@@ -430,21 +435,37 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     app.add_exception_handler(GatewayError, gateway_error)
     app.add_exception_handler(ClientDisconnected, client_disconnected)
+    app.add_exception_handler(ClientDisconnect, client_disconnected)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, request_validation_error)
     # Anything else is answered by RequestIdMiddleware, so that a 500 carries the request id.
 
 
 class GatewayServer(uvicorn.Server):
-    """uvicorn's server, telling the app when SIGTERM/SIGINT arrives so that it can drain."""
+    """uvicorn's server, draining before it stops listening when SIGTERM/SIGINT arrives.
+
+    uvicorn stops accepting at the first signal, so the 503 a draining gateway promises new
+    requests was never seen (their connections were refused). Here the first signal only asks
+    the app to drain (`_drain_on_exit`): the port stays open, new requests get 503 with
+    Retry-After from the front door, and streams in flight finish within the grace; then
+    uvicorn's own shutdown runs. A second signal stops at once.
+    """
 
     def __init__(self, config: uvicorn.Config, draining: Draining) -> None:
         super().__init__(config)
         self._draining = draining
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._draining.requested:
+            super().handle_exit(sig, frame)
+            return
         self._draining.requested = True
-        super().handle_exit(sig, frame)
+        self._captured_signals.append(sig)  # re-raised once shut down, as uvicorn does
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._draining.done:
+            self.should_exit = True
+        return await super().on_tick(counter)
 
 
 def main() -> None:

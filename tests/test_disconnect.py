@@ -3,11 +3,14 @@ connection, streaming or not, and whether or not the first token has arrived."""
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
+from collections.abc import Callable
 
 import orjson
-from conftest import MODEL, ServerThread
+import pytest
+from conftest import MODEL, ServerThread, wait_for_log
 from fake_sglang import FakeSGLang
 
 
@@ -73,3 +76,33 @@ def test_disconnect_during_non_streaming_request_closes_upstream(
     assert fake.wait_for_disconnect(timeout=1.0)
     assert time.monotonic() - started < 1.0
     assert _wait_idle(fake)
+
+
+def test_a_client_gone_while_sending_its_body_is_an_info_line_and_a_499(
+    gateway: ServerThread, fake: FakeSGLang, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    upload_start = (
+        b'--x\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\nRIFF'
+    )
+    for path, content_type, start in (
+        ("/v1/chat/completions", b"application/json", b'{"model": '),
+        ("/v1/responses", b"application/json", b'{"model": '),
+        ("/v1/audio/transcriptions", b"multipart/form-data; boundary=x", upload_start),
+    ):
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as sock:
+            sock.sendall(
+                b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\n"
+                b"Content-Length: 10000\r\n\r\n%s" % (path.encode(), content_type, start)
+            )
+            time.sleep(0.1)
+        access = wait_for_log(caplog, _access_line_of(path))
+        assert access and " 499 " in access[-1].getMessage()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], [
+        r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING
+    ]
+    assert not fake.chat_requests
+
+
+def _access_line_of(path: str) -> Callable[[logging.LogRecord], bool]:
+    return lambda record: record.name == "gateway.access" and path in record.getMessage()

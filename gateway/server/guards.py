@@ -56,12 +56,14 @@ OPEN_METHODS = frozenset({"GET", "HEAD"})  # for `open_paths`: reading a page, n
 class Draining:
     """Set once the process has been asked to stop: new work is refused, probes say not ready.
 
-    `requested` is set by the signal handler; `active` by the app once it starts draining.
+    `requested` is set by the signal handler; `active` by the app once it starts draining;
+    `done` once the drain is over and the server may stop listening.
     """
 
     def __init__(self) -> None:
         self.requested = False
         self.active = False
+        self.done = False
 
 
 def load_api_keys(settings: Settings) -> list[str]:

@@ -258,6 +258,14 @@ def test_sigterm_lets_short_streams_finish_and_ends_long_ones_cleanly(fake: Fake
             time.sleep(0.2)  # the short stream has started too
             proc.send_signal(signal.SIGTERM)
             started = time.monotonic()
+            time.sleep(0.2)
+            # Draining: the port is still open, and a new request hears why it cannot be served.
+            with httpx.Client(base_url=base, timeout=5) as newcomer:
+                refused = newcomer.post(CHAT, json=BODY)
+                not_ready = newcomer.get("/health/ready")
+            _error(refused, 503)
+            assert refused.headers["retry-after"].isdigit()
+            _error(not_ready, 503)
             rest = [line for line in lines if line]
             short_reader.join(timeout=10)
         assert rest[-1] == "data: [DONE]"
