@@ -114,8 +114,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_bytes=settings.responses_store_max_bytes,
         )
         app.state.responses = responses = ResponsesService(handler, store)
+        app.state.warm = warm = anyio.Event()
         try:
             async with anyio.create_task_group() as tasks:
+                tasks.start_soon(_warm_up, images, settings, warm)
                 tasks.start_soon(monitor.run)
                 tasks.start_soon(_drain_on_exit, app.state.draining, handler, settings)
                 yield
@@ -286,6 +288,8 @@ def _add_routes(app: FastAPI) -> None:
             raise UpstreamUnavailable(
                 "The gateway is shutting down.", retry_after=settings.retry_after_seconds
             )
+        if not request.app.state.warm.is_set():
+            raise UpstreamUnavailable("The gateway is starting its image workers.", retry_after=1)
         state = monitor.state if monitor.state.ready else await monitor.check()
         if state.ready:
             return _json({"status": "ready", "backend": state.as_json()})
@@ -293,6 +297,15 @@ def _add_routes(app: FastAPI) -> None:
             f"The model server is not ready: {state.detail}.",
             retry_after=settings.retry_after_seconds,
         )
+
+
+async def _warm_up(images: ImagePreparer, settings: Settings, warm: anyio.Event) -> None:
+    """The image workers started before the gateway says it is ready (MEDIA_PRESTART)."""
+    if settings.media_prestart:
+        started = time.perf_counter()
+        await images.warm()
+        logger.info("image workers ready in %.2fs", time.perf_counter() - started)
+    warm.set()
 
 
 async def _drain_on_exit(draining: Draining, handler: ModelHandler, settings: Settings) -> None:

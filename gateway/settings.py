@@ -170,6 +170,10 @@ class Settings(BaseSettings):
         le=64,
         description="Images decoded and resized at once (threads); 0 = one per CPU core.",
     )
+    media_prestart: bool = Field(
+        True,
+        description="Start and warm the image workers at start-up, before /health/ready is 200.",
+    )
 
     # --- model download and deployment (issue 5: download_model.py) ---------------------------
     hf_token: SecretStr | None = Field(

@@ -70,6 +70,7 @@ def gateway_settings(fake: FakeSGLang, **overrides: Any) -> Settings:
         "health_poll_interval": 0.1,
         "upstream_read_timeout": 10.0,
         "responses_store_path": ":memory:",  # tests that need the file give one
+        "media_prestart": False,  # most tests start many gateways and send no image
         **overrides,
     }
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

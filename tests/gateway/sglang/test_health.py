@@ -72,3 +72,18 @@ def test_readiness_checks_again_when_not_ready(
         assert http.get("/health/ready").status_code == 503
         fake.state = "ready"
         assert http.get("/health/ready").status_code == 200
+
+
+def test_readiness_waits_for_the_image_workers(
+    make_gateway: Callable[..., ServerThread], fake: FakeSGLang
+) -> None:
+    server = make_gateway(media_prestart=True)
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        first = http.get("/health/ready")
+        if first.status_code == 503:  # still starting its workers: says so
+            assert "image workers" in first.json()["error"]["message"]
+        deadline = time.monotonic() + 20
+        while http.get("/health/ready").status_code != 200:
+            assert time.monotonic() < deadline, "never ready"
+            time.sleep(0.05)
+    assert server.app.state.warm.is_set()
