@@ -49,6 +49,7 @@ from gateway.errors import (
     error_body,
 )
 from gateway.media.audio import AudioDecoder
+from gateway.media.budget import media_budget
 from gateway.media.fetch import MediaFetcher
 from gateway.media.images import ImagePreparer
 from gateway.playground.assets import Playground
@@ -94,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         images = ImagePreparer(settings, fetcher)
         whisper = WhisperTranscriber(settings) if WhisperTranscriber.is_installed() else None
         decoder = AudioDecoder(settings)
+        budget = media_budget(settings)  # one for chat media and transcriptions together
         media = MediaPreparer(
             settings,
             fetcher=fetcher,
@@ -102,12 +104,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             whisper=whisper,
             capabilities=lambda: monitor.capabilities,
             metrics=metrics,
+            budget=budget,
         )
         app.state.handler = handler = ModelHandler(settings, client, media, metrics)
         _warn_if_open(settings)
         app.state.transcription = TranscriptionService(
-            settings, decoder, whisper, handler.transcribe_clip
+            settings, decoder, whisper, handler.transcribe_clip, budget=budget
         )
+        app.state.media_budget = budget
         store = SQLiteResponseStore(
             settings.responses_store_path,
             max_age_seconds=settings.responses_store_max_age_seconds,

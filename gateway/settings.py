@@ -170,6 +170,16 @@ class Settings(BaseSettings):
         le=64,
         description="Images decoded and resized at once (threads); 0 = one per CPU core.",
     )
+    max_decoded_media_bytes: int = Field(
+        1 << 30,
+        ge=16 << 20,
+        description="Most bytes of decoded audio and images the process holds at once (429).",
+    )
+    max_decoded_media_bytes_per_request: int = Field(
+        256 << 20,
+        ge=4 << 20,
+        description="Most bytes of decoded audio and images one request may hold (413).",
+    )
     media_prestart: bool = Field(
         True,
         description="Start and warm the image workers at start-up, before /health/ready is 200.",

@@ -36,6 +36,7 @@ from gateway.media.audio import (
     clip_to_wav_data_url,
     split_into_clips,
 )
+from gateway.media.budget import MediaBudget, MediaLease, media_budget
 from gateway.media.fetch import MediaFetcher
 from gateway.media.images import ImagePreparer
 from gateway.server.metrics import Metrics
@@ -63,8 +64,10 @@ class MediaPreparer:
         whisper: WhisperTranscriber | None,
         capabilities: Callable[[], Capabilities],
         metrics: Metrics | None = None,
+        budget: MediaBudget | None = None,
     ) -> None:
         self._settings = settings
+        self._budget = budget or media_budget(settings)
         self._fetcher = fetcher
         self._images = images
         self._audio = audio
@@ -77,16 +80,24 @@ class MediaPreparer:
         self.accepted_kinds = frozenset(kinds)
 
     async def prepare(self, conversation: Conversation) -> None:
-        """Rewrite every media part of `conversation` in place, or raise a 400 naming the part."""
+        """Rewrite every media part of `conversation` in place, or raise a 400 naming the part.
+
+        The decoded media are held against the memory budget (`gateway.media.budget`) until
+        they are prepared; what stays is the small encoded form SGLang gets.
+        """
         if not conversation.media:
             return
+        with self._budget.lease() as lease:
+            await self._prepare(conversation, lease)
+
+    async def _prepare(self, conversation: Conversation, lease: MediaLease) -> None:
         capabilities = self._capabilities()
         images = [part for part in conversation.media if part.kind == "image_url"]
         sounds = [part for part in conversation.media if part.kind != "image_url"]
         if images:
             self._check_images(images, capabilities)
-        jobs: list[Callable[[], Awaitable[Any]]] = [self._image_job(p) for p in images]
-        jobs += [self._audio_job(p) for p in sounds]
+        jobs: list[Callable[[], Awaitable[Any]]] = [self._image_job(p, lease) for p in images]
+        jobs += [self._audio_job(p, lease) for p in sounds]
         started = time.perf_counter()
         results = await _gather(jobs)
         seconds = time.perf_counter() - started
@@ -124,13 +135,15 @@ class MediaPreparer:
                 code="too_many_images",
             )
 
-    def _image_job(self, part: MediaPart) -> Callable[[], Awaitable[str]]:
+    def _image_job(self, part: MediaPart, lease: MediaLease) -> Callable[[], Awaitable[str]]:
         url = part.part["image_url"]["url"]
-        return lambda: self._images.prepare(url, param=part.param)
+        return lambda: self._images.prepare(url, param=part.param, lease=lease)
 
     # --- audio ----------------------------------------------------------------------------
 
-    def _audio_job(self, part: MediaPart) -> Callable[[], Awaitable[DecodedAudio]]:
+    def _audio_job(
+        self, part: MediaPart, lease: MediaLease
+    ) -> Callable[[], Awaitable[DecodedAudio]]:
         async def job() -> DecodedAudio:
             data, declared = await self._audio_bytes(part)
             return await self._audio.decode(
@@ -138,6 +151,7 @@ class MediaPreparer:
                 declared_format=declared,
                 param=part.param,
                 max_seconds=self._settings.max_audio_seconds,
+                lease=lease,
             )
 
         return job

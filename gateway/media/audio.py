@@ -21,6 +21,7 @@ import base64
 import functools
 import io
 import logging
+import math
 import wave
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ import anyio
 import anyio.to_thread
 
 from gateway import errors
+from gateway.media.budget import MediaLease
 from gateway.settings import Settings
 
 # PyAV, NumPy and soxr are imported where audio is decoded, not here (idle memory, issue 7).
@@ -44,6 +46,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE: Final = 16_000
+# Rates outside these are no real recording: a WAV declaring 1 Hz makes 10 minutes of 16 kHz
+# samples out of a kilobyte.
+MIN_SAMPLE_RATE: Final = 4_000
+MAX_SAMPLE_RATE: Final = 768_000
+# What a second of decoded audio holds at its peak: float32 samples, twice (the resampled pieces
+# and their concatenation).
+DECODED_BYTES_PER_SECOND: Final = SAMPLE_RATE * 4 * 2
+_ACCOUNT_STEP_SECONDS: Final = 30.0  # audio is accounted for in steps of this much
 """Gemma 3n's and Whisper's input rate (Hz)."""
 
 MAX_CLIP_SECONDS: Final = 30.0
@@ -276,11 +286,14 @@ def decode_audio_sync(
     param: str,
     settings: Settings,
     max_seconds: float | None = None,
+    lease: MediaLease | None = None,
 ) -> DecodedAudio:
     """Decode one audio part to 16 kHz mono float32; blocking, so call it off the event loop.
 
     `max_seconds` is what the request may still carry (default: settings.max_audio_seconds);
-    decoding stops as soon as the audio passes it. Raises `errors.InvalidRequest` with `param`.
+    decoding stops as soon as the audio passes it. The samples are accounted against `lease`
+    before they are decoded (`gateway.media.budget`), which may raise 413 or 429. Raises
+    `errors.InvalidRequest` with `param`.
     """
     limit = settings.max_audio_seconds if max_seconds is None else max_seconds
     declared: str | None = None
@@ -322,7 +335,9 @@ def decode_audio_sync(
     import av
 
     try:
-        return _decode(data, container_name, param=param, limit=limit, settings=settings)
+        return _decode(
+            data, container_name, param=param, limit=limit, settings=settings, lease=lease
+        )
     except av.FFmpegError as exc:
         raise _invalid(
             f"The audio could not be decoded as {container_name}: {_ffmpeg_reason(exc)}.", param
@@ -355,7 +370,13 @@ def _families(container_name: str) -> tuple[str, ...]:
 
 
 def _decode(
-    data: bytes, container_name: str, *, param: str, limit: float, settings: Settings
+    data: bytes,
+    container_name: str,
+    *,
+    param: str,
+    limit: float,
+    settings: Settings,
+    lease: MediaLease | None,
 ) -> DecodedAudio:
     import av
     import numpy as np
@@ -369,6 +390,20 @@ def _decode(
         if not container.streams.audio:
             raise _invalid("The file holds no audio track.", param)
         stream = container.streams.audio[0]
+        rate = stream.sample_rate or 0
+        if rate and not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+            raise _invalid(
+                f"The audio declares a sample rate of {rate} Hz; accepted rates are "
+                f"{MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz.",
+                param,
+                "unsupported_sample_rate",
+            )
+        declared = _stated_seconds(container, stream, container_name)
+        if declared is not None and declared > limit + _TRUNCATION_TOLERANCE_S:
+            raise _invalid(_too_long_message(limit, settings), param, "audio_too_long")
+        accounted = _Accounted(lease, param)
+        if declared is not None:
+            accounted.cover(declared)
         resampler = _To16kMono()
         seconds = 0.0
         packets = bad_packets = 0
@@ -391,6 +426,7 @@ def _decode(
                     # Stop now: a tiny file may hold hours of audio, and decoding it all is the
                     # denial of service the limit exists for.
                     raise _invalid(_too_long_message(limit, settings), param, "audio_too_long")
+                accounted.cover(seconds)  # a header that understated the length gets no further
                 resampler.add(frame)
         resampler.finish()
         stated = _stated_seconds(container, stream, container_name)
@@ -414,6 +450,26 @@ def _decode(
         samples = np.nan_to_num(samples, nan=0.0, posinf=1.0, neginf=-1.0)
     samples.flags.writeable = False
     return DecodedAudio(samples, samples.size / SAMPLE_RATE, container_name)
+
+
+class _Accounted:
+    """The seconds of decoded audio taken from a request's lease so far, taken in steps."""
+
+    __slots__ = ("_lease", "_param", "_seconds")
+
+    def __init__(self, lease: MediaLease | None, param: str) -> None:
+        self._lease = lease
+        self._param = param
+        self._seconds = 0.0
+
+    def cover(self, seconds: float) -> None:
+        if self._lease is None or seconds <= self._seconds:
+            return
+        wanted = max(seconds, self._seconds + _ACCOUNT_STEP_SECONDS)
+        self._lease.take(
+            math.ceil((wanted - self._seconds) * DECODED_BYTES_PER_SECOND), param=self._param
+        )
+        self._seconds = wanted
 
 
 def _too_long_message(limit: float, settings: Settings) -> str:
@@ -459,6 +515,7 @@ class AudioDecoder:
         declared_format: str | None,
         param: str,
         max_seconds: float | None = None,
+        lease: MediaLease | None = None,
     ) -> DecodedAudio:
         """`decode_audio_sync` in a worker thread; see there."""
         work = functools.partial(
@@ -468,6 +525,7 @@ class AudioDecoder:
             param=param,
             settings=self._settings,
             max_seconds=max_seconds,
+            lease=lease,
         )
         return await anyio.to_thread.run_sync(work, limiter=self._limiter)
 

@@ -54,6 +54,7 @@ from urllib.parse import unquote_to_bytes
 import anyio.to_thread
 
 from gateway import errors
+from gateway.media.budget import BYTES_PER_PIXEL, MediaLease, declared_pixels
 
 # Pillow, pillow-heif and pybase64 are imported where images are decoded (in the pool's workers),
 # not here (idle memory, issue 7).
@@ -416,17 +417,18 @@ class ImagePreparer:
         self.cache = PreparedCache(settings.image_cache_entries)
         self._url_ttl = settings.image_cache_ttl
 
-    async def prepare(self, url: str, *, param: str) -> str:
+    async def prepare(self, url: str, *, param: str, lease: MediaLease | None = None) -> str:
         """Any accepted image URL (data: or http(s)) -> the data: URL to send SGLang.
 
-        Raises `errors.InvalidRequest` (400) naming `param` for anything wrong with the image.
+        Raises `errors.InvalidRequest` (400) naming `param` for anything wrong with the image;
+        the pixels a decode will hold are taken from `lease` first (413/429 beyond it).
         """
         try:
             head = url[:8].lower()
             if head.startswith("data:"):
-                return await self._prepare_data_url(url)
+                return await self._prepare_data_url(url, lease, param)
             if head.startswith(("http://", "https://")):
-                return await self._prepare_remote(url, param)
+                return await self._prepare_remote(url, param, lease)
             raise _refused_scheme(url)
         except ImageRejected as exc:
             raise errors.InvalidRequest(exc.message, param=param, code=exc.code) from exc
@@ -444,7 +446,7 @@ class ImagePreparer:
             self._pool.shutdown(wait=True, cancel_futures=True)
         self.cache.clear()
 
-    async def _prepare_data_url(self, url: str) -> str:
+    async def _prepare_data_url(self, url: str, lease: MediaLease | None, param: str) -> str:
         comma = url.find(",", 5, 5 + 256)  # media types are short; don't scan megabytes for one
         if comma < 0:
             raise ImageRejected(
@@ -462,11 +464,12 @@ class ImagePreparer:
         cached = self.cache.get(key)
         if cached is not None:
             return cached
-        prepared = await self._run(url, start, "base64" if is_base64 else "percent")
+        encoding = "base64" if is_base64 else "percent"
+        prepared = await self._run(url, start, encoding, lease, param)
         self.cache.put(key, prepared)
         return prepared
 
-    async def _prepare_remote(self, url: str, param: str) -> str:
+    async def _prepare_remote(self, url: str, param: str, lease: MediaLease | None) -> str:
         url_key = "u:" + url
         cached = self.cache.get(url_key)
         if cached is not None:
@@ -488,7 +491,7 @@ class ImagePreparer:
         content_key = "c:" + await self._hash(fetched.data)
         prepared = self.cache.get(content_key)
         if prepared is None:
-            prepared = await self._run(fetched.data, 0, "raw")
+            prepared = await self._run(fetched.data, 0, "raw", lease, param)
             self.cache.put(content_key, prepared)
         ttl = self._url_ttl if fetched.max_age is None else min(self._url_ttl, fetched.max_age)
         self.cache.put(url_key, prepared, ttl=ttl)
@@ -501,13 +504,29 @@ class ImagePreparer:
         # releases the GIL on large inputs, so the loop runs on meanwhile.
         return await anyio.to_thread.run_sync(_sha256_hex, content)
 
-    async def _run(self, payload: str | bytes, start: int, encoding: str) -> str:
-        """Prepare `payload[start:]` in the pool (see `prepare_file`)."""
-        path = await anyio.to_thread.run_sync(_spill, payload, start)
+    async def _run(
+        self,
+        payload: str | bytes,
+        start: int,
+        encoding: str,
+        lease: MediaLease | None = None,
+        param: str | None = None,
+    ) -> str:
+        """Prepare `payload[start:]` in the pool (see `prepare_file`), its pixels accounted."""
+        size = 0
+        if lease is not None:
+            pixels = declared_pixels(_head_bytes(payload, start, encoding))
+            size = min(pixels or self.options.max_pixels, self.options.max_pixels) * BYTES_PER_PIXEL
+            lease.take(size, param=param)
         try:
-            return await self._submit(path, encoding)
+            path = await anyio.to_thread.run_sync(_spill, payload, start)
+            try:
+                return await self._submit(path, encoding)
+            finally:
+                os.unlink(path)
         finally:
-            os.unlink(path)
+            if lease is not None:
+                lease.give_back(size)  # decoded and gone: only the small JPEG is left
 
     async def _submit(self, path: str, encoding: str) -> str:
         """Run `prepare_file` in the pool; a pool broken by a crashed worker is replaced, once."""
@@ -541,6 +560,24 @@ class ImagePreparer:
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_worker_init,
         )
+
+
+def _head_bytes(payload: str | bytes, start: int, encoding: str) -> bytes:
+    """The first bytes of the image (enough for any header `declared_pixels` reads)."""
+    chunk = payload[start : start + _HEAD_CHARS]
+    if encoding == "raw":
+        return bytes(chunk) if isinstance(chunk, bytes) else chunk.encode("latin-1")
+    text = chunk.encode("ascii", "ignore") if isinstance(chunk, str) else chunk
+    if encoding == "percent":
+        return unquote_to_bytes(text)
+    text = b"".join(text.split())
+    try:
+        return binascii.a2b_base64(text[: len(text) // 4 * 4])
+    except binascii.Error:
+        return b""  # not base64 after all: the worker says so; accounted at the most
+
+
+_HEAD_CHARS = 96 * 1024  # base64 of 72 KB: past a JPEG's EXIF block to its frame header
 
 
 def _spill(payload: str | bytes, start: int) -> str:

@@ -45,6 +45,7 @@ from gateway.media.audio import (
     clip_to_wav_data_url,
     split_into_clips,
 )
+from gateway.media.budget import MediaBudget, media_budget
 from gateway.settings import Settings
 from gateway.speech.formats import ResponseFormat, Task, render
 from gateway.speech.languages import language_name
@@ -220,10 +221,12 @@ class TranscriptionService:
         gemma: GemmaClipTranscriber,
         *,
         clip_concurrency: int = GEMMA_CLIP_CONCURRENCY,
+        budget: MediaBudget | None = None,
     ) -> None:
         if clip_concurrency < 1:
             raise ValueError("clip_concurrency must be at least 1")
         self._settings = settings
+        self._budget = budget or media_budget(settings)
         self._decoder = decoder
         self._whisper = whisper
         self._gemma = gemma
@@ -246,9 +249,15 @@ class TranscriptionService:
         if not audio:
             raise _invalid("The uploaded file is empty (0 bytes).", "file", "invalid_audio")
         use_whisper = self._route(request.model)
-        decoded = await self._decoder.decode(
-            audio, declared_format=_declared_format(filename), param="file"
-        )
+        with self._budget.lease() as lease:  # the samples are held until the transcript is done
+            decoded = await self._decoder.decode(
+                audio, declared_format=_declared_format(filename), param="file", lease=lease
+            )
+            return await self._transcribe(decoded, use_whisper, request)
+
+    async def _transcribe(
+        self, decoded: DecodedAudio, use_whisper: bool, request: TranscriptionRequest
+    ) -> tuple[bytes, str]:
         log.debug("transcribing %.1f s with %s", decoded.duration, request.model)
         if use_whisper:
             assert self._whisper is not None  # checked by _route
