@@ -49,7 +49,7 @@ from gateway.errors import (
     error_body,
 )
 from gateway.media.audio import AudioDecoder
-from gateway.media.budget import media_budget
+from gateway.media.memory import media_budget
 from gateway.media.fetch import MediaFetcher
 from gateway.media.images import ImagePreparer
 from gateway.playground.assets import Playground

@@ -6,7 +6,7 @@ bounded. The body's size and element count are bounded while it is read (`server
 once parsed, `check_budget` walks it once and refuses, with a 400 that names the field, what
 would cost more than a legitimate request can need: too many messages, content parts (per
 message and in all), characters of text, functions, or choices. Media have budgets of their own
-(`gateway.media.budget`) and are prepared off the loop.
+(`gateway.media.memory`) and are prepared off the loop.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ from gateway.media.audio import (
     clip_to_wav_data_url,
     split_into_clips,
 )
-from gateway.media.budget import MediaBudget, MediaLease, media_budget
+from gateway.media.memory import MediaBudget, MediaLease, media_budget
 from gateway.media.fetch import MediaFetcher
 from gateway.media.images import ImagePreparer
 from gateway.server.metrics import Metrics
@@ -82,7 +82,7 @@ class MediaPreparer:
     async def prepare(self, conversation: Conversation) -> None:
         """Rewrite every media part of `conversation` in place, or raise a 400 naming the part.
 
-        The decoded media are held against the memory budget (`gateway.media.budget`) until
+        The decoded media are held against the memory budget (`gateway.media.memory`) until
         they are prepared; what stays is the small encoded form SGLang gets.
         """
         if not conversation.media:

@@ -31,7 +31,7 @@ import anyio
 import anyio.to_thread
 
 from gateway import errors
-from gateway.media.budget import MediaLease
+from gateway.media.memory import MediaLease
 from gateway.settings import Settings
 
 # PyAV, NumPy and soxr are imported where audio is decoded, not here (idle memory, issue 7).
@@ -292,7 +292,7 @@ def decode_audio_sync(
 
     `max_seconds` is what the request may still carry (default: settings.max_audio_seconds);
     decoding stops as soon as the audio passes it. The samples are accounted against `lease`
-    before they are decoded (`gateway.media.budget`), which may raise 413 or 429. Raises
+    before they are decoded (`gateway.media.memory`), which may raise 413 or 429. Raises
     `errors.InvalidRequest` with `param`.
     """
     limit = settings.max_audio_seconds if max_seconds is None else max_seconds

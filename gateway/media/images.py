@@ -54,7 +54,7 @@ from urllib.parse import unquote_to_bytes
 import anyio.to_thread
 
 from gateway import errors
-from gateway.media.budget import BYTES_PER_PIXEL, MediaLease, declared_pixels
+from gateway.media.memory import BYTES_PER_PIXEL, MediaLease, declared_pixels
 
 # Pillow, pillow-heif and pybase64 are imported where images are decoded (in the pool's workers),
 # not here (idle memory, issue 7).

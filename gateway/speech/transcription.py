@@ -45,7 +45,7 @@ from gateway.media.audio import (
     clip_to_wav_data_url,
     split_into_clips,
 )
-from gateway.media.budget import MediaBudget, media_budget
+from gateway.media.memory import MediaBudget, media_budget
 from gateway.settings import Settings
 from gateway.speech.formats import ResponseFormat, Task, render
 from gateway.speech.languages import language_name

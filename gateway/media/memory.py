@@ -1,4 +1,4 @@
-"""A memory budget for decoded media: what requests may hold at once, counted before decoding.
+"""The memory budget for decoded media: what requests may hold at once, counted before decoding.
 
 Encoded media are small and decoded media are not: a 1,242-byte WAV that declares a 1 Hz rate
 is ten minutes of audio, 38 MB of 16 kHz float samples, and forty such transcriptions held

@@ -1,4 +1,4 @@
-"""budget.py and its callers: decoded media are accounted before decoding (issue 13, finding 3)."""
+"""memory.py and its callers: decoded media are accounted before decoding (issue 13, finding 3)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from image_factory import encode, marked
 
 from gateway import errors
 from gateway.media import audio
-from gateway.media.budget import MediaBudget, declared_pixels
+from gateway.media.memory import MediaBudget, declared_pixels
 from gateway.settings import Settings
 from gateway.speech.transcription import TranscriptionService, parse_transcription_form
 
