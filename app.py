@@ -49,9 +49,9 @@ from gateway.errors import (
     error_body,
 )
 from gateway.media.audio import AudioDecoder
-from gateway.media.memory import media_budget
 from gateway.media.fetch import MediaFetcher
 from gateway.media.images import ImagePreparer
+from gateway.media.memory import media_budget
 from gateway.playground.assets import Playground
 from gateway.responses.openapi import responses_openapi
 from gateway.responses.schemas import ResponsesRequest

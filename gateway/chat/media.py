@@ -36,9 +36,9 @@ from gateway.media.audio import (
     clip_to_wav_data_url,
     split_into_clips,
 )
-from gateway.media.memory import MediaBudget, MediaLease, media_budget
 from gateway.media.fetch import MediaFetcher
 from gateway.media.images import ImagePreparer
+from gateway.media.memory import MediaBudget, MediaLease, media_budget
 from gateway.server.metrics import Metrics
 from gateway.settings import Settings
 from gateway.sglang.health import Capabilities
