@@ -16,6 +16,13 @@ Every series is named `gateway_*`::
     gateway_upstream_errors_total{kind}             kind: the errors.* class name
     process_*                                       memory, CPU and file descriptors (Linux)
 
+With `WORKERS` > 1 the supervisor gives its workers one fresh folder (`PROMETHEUS_MULTIPROC_DIR`,
+made on start and removed on exit), prometheus_client's multiprocess mode: every worker writes
+its values there, and whichever worker a scrape reaches answers for the whole gateway (counters
+and histograms summed over the workers, `gateway_requests_in_flight` summed over the live ones).
+`process_*` are then left out: prometheus_client cannot merge them, and one worker's memory
+would pass for the gateway's.
+
 Label values never come from clients unchecked: `MetricsMiddleware` maps any path that is not
 one of the app's routes to "other" and any unusual method to "other", so a scanner cannot grow
 the number of series. `MetricsMiddleware` is pure ASGI (see STYLE.md, habit 7): it neither
@@ -24,6 +31,7 @@ buffers a stream nor hides its disconnect, and does no metrics work per streamed
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Collection
 
@@ -36,6 +44,7 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -66,15 +75,25 @@ PREPARATION_BUCKETS = (
 )  # fmt: skip
 
 
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's own variable
+
+
+def multiprocess() -> bool:
+    """Whether this process is one of several workers sharing their metrics."""
+    return bool(os.environ.get(MULTIPROCESS_DIR))
+
+
 class Metrics:
     """All of the gateway's Prometheus metrics, in their own `CollectorRegistry`."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         registry = self.registry
-        # process_* (resident memory, CPU, open fds), read from /proc at scrape time only: the
-        # numbers to watch for memory that grows per request.
-        ProcessCollector(registry=registry)
+        self._multiprocess = multiprocess()
+        if not self._multiprocess:
+            # process_* (resident memory, CPU, open fds), read from /proc at scrape time only:
+            # the numbers to watch for memory that grows per request.
+            ProcessCollector(registry=registry)
         self._requests = Counter(
             "gateway_requests",
             "HTTP requests answered, by route template, method and status.",
@@ -89,7 +108,10 @@ class Metrics:
             registry=registry,
         )
         self.in_flight = Gauge(
-            "gateway_requests_in_flight", "HTTP requests being handled.", registry=registry
+            "gateway_requests_in_flight",
+            "HTTP requests being handled.",
+            registry=registry,
+            multiprocess_mode="livesum",  # with WORKERS: summed over the workers alive
         )
         self._client_disconnects = Counter(
             "gateway_client_disconnects",
@@ -145,6 +167,10 @@ class Metrics:
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text of every metric, and the content type to serve it with."""
+        if self._multiprocess:
+            merged = CollectorRegistry()
+            MultiProcessCollector(merged)  # type: ignore[no-untyped-call]  # every worker's files
+            return generate_latest(merged), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
     def request_finished(self, route: str, method: str, status: int, seconds: float) -> None:

@@ -8,21 +8,26 @@ across them. The supervisor forwards SIGTERM/SIGINT to every worker, waits for t
 and exits; if a worker dies, it stops the others and exits non-zero, for the container's restart
 policy to act (a half-alive gateway would hide the failure).
 
-What stays per process: Prometheus metrics (a scrape reaches one worker), the per-key rate limit
-and `MAX_IN_FLIGHT` (each worker applies its own), the image and transcription caches.
+Prometheus metrics are the whole gateway's whichever worker a scrape reaches: the workers share
+a fresh folder for prometheus_client's multiprocess mode (`metrics.py`), made here on start and
+removed on exit. What stays per process: the per-key rate limit and `MAX_IN_FLIGHT` (each worker
+applies its own), the image and transcription caches.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from types import FrameType
 
+from gateway.server.metrics import MULTIPROCESS_DIR
 from gateway.settings import Settings
 
 logger = logging.getLogger("gateway.workers")
@@ -47,7 +52,15 @@ def shared_socket(settings: Settings) -> socket.socket:
 
 def supervise(settings: Settings, script: str, *, drain_seconds: float) -> int:
     """Run `settings.workers` copies of `script` as workers until a signal or a failure."""
-    environment = {**os.environ, WORKER_ENV: "1"}
+    metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
+    try:
+        return _supervise(settings, script, drain_seconds, metrics_dir)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _supervise(settings: Settings, script: str, drain_seconds: float, metrics_dir: str) -> int:
+    environment = {**os.environ, WORKER_ENV: "1", MULTIPROCESS_DIR: metrics_dir}
     workers = [
         subprocess.Popen(  # noqa: S603 - this interpreter, our own script
             [sys.executable, script], env=environment, stdin=subprocess.DEVNULL

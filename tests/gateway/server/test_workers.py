@@ -1,4 +1,5 @@
-"""`WORKERS=2`: two gateway processes share the port, and the supervisor stops them together."""
+"""`WORKERS=2`: two gateway processes share the port and their metrics, and the supervisor stops
+them together."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import httpx
 from conftest import MODEL
 from fake_sglang import FakeSGLang
+from prometheus_client.parser import text_string_to_metric_families
 from test_load import gateway_process
 
 CHAT = "/v1/chat/completions"
@@ -53,3 +55,37 @@ def _is_zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except FileNotFoundError:
         return True
+
+
+def _chat_requests_counted(scrape: str) -> float:
+    total = 0.0
+    for family in text_string_to_metric_families(scrape):
+        if family.name == "gateway_requests":
+            for sample in family.samples:
+                if sample.name == "gateway_requests_total" and sample.labels["route"] == CHAT:
+                    total += sample.value
+    return total
+
+
+def test_one_scrape_sees_every_workers_requests(fake_server: FakeSGLang) -> None:
+    with gateway_process(fake_server, WORKERS="2") as gateway:
+        workers = _children(gateway.process.pid)
+        metrics_dirs = {Path(f"/proc/{w}/environ").read_bytes() for w in workers}
+        assert len(metrics_dirs) == 1  # the same environment, the same metrics folder
+        served = 0
+        for _ in range(60):  # new connections: the kernel spreads them over both workers
+            with httpx.Client(base_url=gateway.url, timeout=10) as http:
+                assert http.post(CHAT, json={"model": MODEL, "messages": HELLO}).is_success
+                served += 1
+        scrapes = []
+        for _ in range(10):  # each scrape may reach either worker: all must say the same
+            with httpx.Client(base_url=gateway.url, timeout=10) as http:
+                scrapes.append(_chat_requests_counted(http.get("/metrics").text))
+        assert scrapes == [served] * 10
+        environ = next(iter(metrics_dirs)).split(b"\0")
+        folder = next(e for e in environ if e.startswith(b"PROMETHEUS_MULTIPROC_DIR="))
+        path = Path(folder.split(b"=", 1)[1].decode())
+        assert path.is_dir() and any(path.iterdir())
+        gateway.process.send_signal(signal.SIGTERM)
+        assert gateway.process.wait(timeout=20) == 0
+    assert not path.exists()  # removed on exit
