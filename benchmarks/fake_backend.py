@@ -1,5 +1,9 @@
 """A fake SGLang 0.5 OpenAI server for benchmarks, cheap enough never to be the bottleneck.
 
+Checked against real SGLang 0.5.21 (tests/real_sglang; tests/fixtures/real_sglang_0.5.21.json):
+chunks in 0.5.21's compact sse_utils form (null role/content left out, no "usage" key outside the
+usage chunk), `metadata.weight_versions`, SSE headers without cache-control.
+
 Owns the backend side of `benchmarks/run.py`: a raw asyncio HTTP/1.1 server (httptools parser,
 uvloop when importable, keep-alive and pipelining) that answers chat completions in SGLang 0.5's
 exact shapes without any model. Every answer is "tok " repeated N times (N = the request's
@@ -52,7 +56,7 @@ MODEL_INFO = {
 }
 SSE_HEADERS = (
     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
-    b"cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n"
+    b"vary: Origin\r\ntransfer-encoding: chunked\r\n\r\n"
 )
 DONE_CHUNK = b"e\r\ndata: [DONE]\n\n\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
@@ -176,7 +180,12 @@ class Chat:
             **_head(self.model, "chat.completion"),
             "choices": [choice],
             "usage": self.usage(),
-            "metadata": {"weight_version": "default"},
+            "metadata": {
+                "weight_version": "default",
+                "weight_versions": [
+                    {"version": "default", "start": 0, "end": self.completion_tokens}
+                ],
+            },
         }
 
 
@@ -208,11 +217,10 @@ class Stream:
     def _event(
         head: dict[str, Any], delta: dict[str, Any], finish: str | None = None
     ) -> dict[str, Any]:
-        """A chunk as SGLang's pydantic models serialise it: every delta key, "usage": null."""
-        full_delta = {"role": None, "content": None, "reasoning_content": None, "tool_calls": None}
-        choice = {"index": 0, "delta": full_delta | delta, "logprobs": None}
+        """A chunk as SGLang 0.5.21 serialises it (sse_utils): null role/content left out."""
+        choice = {"index": 0, "delta": {"reasoning_content": None} | delta, "logprobs": None}
         choice |= {"finish_reason": finish, "matched_stop": None}
-        return {**head, "choices": [choice], "usage": None}
+        return {**head, "choices": [choice]}
 
     def step(self) -> bool:
         """Send the next token (or the end); False once the stream is over."""

@@ -5,12 +5,23 @@ loop, so it speaks real HTTP (keep-alive, chunked SSE, dropped sockets) to the g
 `httpx` client. It copies what the gateway has to cope with in a real SGLang 0.5.x serving
 Gemma 3n (see `/work/shared/SGLANG.md` and, for the shapes, SGLang's
 `srt/entrypoints/http_server.py`, `openai/protocol.py`, `openai/serving_chat.py`,
-`openai/sse_utils.py`):
+`openai/sse_utils.py`).
+
+Checked against real SGLang 0.5.21 (CPU, tiny Gemma 3n; tests/real_sglang): the statuses,
+content types and body shapes of the answers in `tests/fixtures/real_sglang_0.5.21.json` are
+asserted for this fake in tests/test_fake_sglang.py. What that check changed here: the
+template's "roles must alternate" error has type "BadRequest"; the LoRA refusal's text; empty
+`messages` and prompt + max_tokens over the context are 400s; `metadata.weight_versions`;
+/model_info's full key set; chunks in the compact sse_utils form by default, with no
+cache-control header; regex/EBNF/JSON-schema grammars that do not compile are 400s; and a WAV
+clip over 30 s crashes the server (its scheduler dies: the connection drops, the port closes).
+
 
 * warm-up: `state = "loading"` answers 503 with an empty body on every path;
 * `/health` and `/health_generate` are slow (a 1-token generation) and counted;
 * flat error bodies ``{"object": "error", "message", "type", "param", "code"}``; schema errors
-  are 400 with type "Bad Request" (FastAPI's 422 remapped), handler errors type "BadRequestError";
+  are 400 with type "Bad Request" (FastAPI's 422 remapped), handler errors type "BadRequestError",
+  the chat template's errors type "BadRequest";
 * `model` is echoed, never checked, except that a ``:`` means a LoRA adapter (400);
 * Gemma 3n's chat template: optional leading system turn, then strict user/assistant turns;
 * media are only ever `data:` URIs here (SGLang itself would fetch URLs and read local paths);
@@ -37,6 +48,7 @@ import base64
 import binascii
 import contextlib
 import logging
+import re
 import socket
 import struct
 import threading
@@ -62,6 +74,7 @@ BASE_PROMPT_TOKENS = 10  # chat-template scaffolding: <bos>, turn markers
 IMAGE_PROMPT_TOKENS = 260  # 256 soft tokens plus the image start/end markers
 IMAGE_SOFT_TOKENS = 256
 AUDIO_TOKENS = 188  # fixed per clip: 30 s at 6.25 tokens/s
+MAX_CLIP_SECONDS = 30.0  # a longer clip kills SGLang 0.5.21's scheduler (numel overflow)
 END_OF_TURN_ID = 106  # Gemma's <end_of_turn>: `matched_stop` of a natural stop
 HEALTH_GENERATE_SECONDS = 0.2
 BATCH_WAIT_LIMIT = 30.0  # seconds a request waits for `start_together` before going alone
@@ -80,11 +93,45 @@ FAULTS = frozenset(
         "context_overflow",
     }
 )
+JSON_SCHEMA_TYPES = frozenset({"object", "array", "string", "integer", "number", "boolean", "null"})
 AUTH_EXEMPT_PATHS = frozenset({"/health", "/health_generate", "/ready", "/metrics"})
 KNOWN_ROLES = frozenset(
     {"system", "user", "assistant", "tool", "function", "developer", "latest_reminder"}
 )
 ROLES_MUST_ALTERNATE = "Conversation roles must alternate user/assistant/user/assistant/..."
+# /model_info's "embedding" block as SGLang 0.5.21 reports it for a generative model (trimmed list).
+MODEL_INFO_EMBEDDING: dict[str, Any] = {
+    "family": "none",
+    "task": "none",
+    "execution": "none",
+    "attention": "none",
+    "pooling": "model_defined",
+    "normalize": False,
+    "postprocessor": "none",
+    "tokenizer_special_tokens": "model_default",
+    "supports_dimensions": False,
+    "supports_token_embeddings": False,
+    "supports_multimodal": False,
+    "requires_embedding_flag": False,
+    "auto_enable_embedding": False,
+    "bcg_eligibility": "disabled",
+    "safe_disable_kv_cache": False,
+    "safe_disable_radix_cache": False,
+    "safe_disable_chunked_prefill": False,
+    "enabled": False,
+    "matryoshka_dimensions": [],
+    "bcg": {
+        "prefill_backend": "disabled",
+        "enabled": False,
+        "capture_token_budget": 2048,
+        "capture_batch_sizes": [4, 8, 16],
+    },
+    "cache": {
+        "kv_cache_disabled": False,
+        "radix_cache_disabled": False,
+        "chunked_prefill_disabled": False,
+    },
+}
 FAKE_TRACEBACK = (
     "Traceback (most recent call last):\n"
     '  File "/sgl-workspace/sglang/python/sglang/srt/managers/tokenizer_manager.py", '
@@ -144,6 +191,10 @@ class _BadRequest(Exception):
         self.body = _error_body(message, error_type, 400)
 
 
+class _Crash(Exception):
+    """A request that kills the real server (a clip over 30 s): drop it, then stop serving."""
+
+
 class _DeliberateDrop(Exception):
     """Raised inside the app after the response started: uvicorn then closes the socket."""
 
@@ -178,6 +229,25 @@ def _looks_like_audio(data: bytes) -> bool:
     return wav or mp3_frame or data.startswith((b"ID3", b"fLaC", b"OggS"))
 
 
+def _wav_seconds(data: bytes) -> float | None:
+    """Duration of a PCM WAV from its header, or None if it is not one."""
+    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return None
+    offset = 12
+    byte_rate = 0
+    while offset + 8 <= len(data):
+        chunk, size = (
+            data[offset : offset + 4],
+            struct.unpack("<I", data[offset + 4 : offset + 8])[0],
+        )
+        if chunk == b"fmt " and size >= 12:
+            byte_rate = struct.unpack("<I", data[offset + 16 : offset + 20])[0]
+        if chunk == b"data":
+            return size / byte_rate if byte_rate else None
+        offset += 8 + size + (size & 1)
+    return None
+
+
 def _load_media(payload: str, kind: str, is_uri: bool = True) -> None:
     """Decode a media payload as SGLang would, failing the same way; never fetches anything."""
     if is_uri:
@@ -194,6 +264,30 @@ def _load_media(payload: str, kind: str, is_uri: bool = True) -> None:
     looks_right = _looks_like_image(data) if kind == "image" else _looks_like_audio(data)
     if not looks_right:
         raise _BadRequest(f"Error while loading data: cannot decode the {kind}")
+    seconds = _wav_seconds(data) if kind == "audio" else None
+    if seconds is not None and seconds > MAX_CLIP_SECONDS:
+        raise _Crash(f"RuntimeError: numel: integer multiplication overflow ({seconds:.1f} s clip)")
+
+
+def _check_grammars(request: dict[str, Any]) -> None:
+    """SGLang compiles the request's grammar (xgrammar) before queueing it; a bad one is a 400."""
+    regex = request.get("regex")
+    if isinstance(regex, str):
+        try:
+            re.compile(regex)
+        except re.error as exc:
+            raise _BadRequest(
+                f"Failed to compile regex grammar: Regex parsing error: {exc}"
+            ) from exc
+    ebnf = request.get("ebnf")
+    if isinstance(ebnf, str) and not re.search(r"root\s*::=\s*\S", ebnf):
+        raise _BadRequest("Failed to compile ebnf grammar: EBNF parser error: Expect element")
+    response_format = request.get("response_format")
+    if isinstance(response_format, dict) and response_format.get("type") == "json_schema":
+        schema = (response_format.get("json_schema") or {}).get("schema")
+        kind = schema.get("type") if isinstance(schema, dict) else None
+        if kind is not None and kind not in JSON_SCHEMA_TYPES:
+            raise _BadRequest(f'Failed to compile json grammar: Unsupported type "{kind}"')
 
 
 def _optional_int(request: dict[str, Any], key: str) -> int | None:
@@ -289,16 +383,22 @@ def _parse_chat(body: bytes, headers: dict[str, str], image_ok: bool, audio_ok: 
         roles.append(role)
         words += _scan_content(message.get("content"), role, media)
 
+    if not messages:
+        raise _BadRequest("Messages cannot be empty.")
     if ":" in model:
         adapter = model.split(":", 1)[1]
-        raise _BadRequest(f"LoRA adapter '{adapter}' was not found. Loaded adapters: none.")
+        raise _BadRequest(
+            f"LoRA adapter '{adapter}' was requested, but LoRA is not enabled. Please launch the "
+            "server with --enable-lora flag and preload adapters using --lora-paths or "
+            "/load_lora_adapter endpoint."
+        )
     # Gemma 3n's template: a leading system turn is folded into the first user turn; every other
     # turn must alternate user/assistant. (The real Jinja check only compares parity with "user",
     # so e.g. [user, tool] would slip through; the fake refuses every foreign role.)
     turns = roles[1:] if roles[:1] == ["system"] else roles
     for index, role in enumerate(turns):
         if role != ("user" if index % 2 == 0 else "assistant"):
-            raise _BadRequest(ROLES_MUST_ALTERNATE)
+            raise _BadRequest(ROLES_MUST_ALTERNATE, "BadRequest")
     for payload, kind, is_uri in media:
         if not (image_ok if kind == "image" else audio_ok):
             raise _BadRequest(f"The model does not support {kind} input.")
@@ -310,6 +410,15 @@ def _parse_chat(body: bytes, headers: dict[str, str], image_ok: bool, audio_ok: 
     )
     if prompt_tokens >= CONTEXT_LENGTH:
         raise _BadRequest(_context_overflow(prompt_tokens))
+    if limit is not None and prompt_tokens + limit > CONTEXT_LENGTH:
+        raise _BadRequest(
+            "Requested token count exceeds the model's maximum context length of "
+            f"{CONTEXT_LENGTH} tokens. You requested a total of {prompt_tokens + limit} tokens: "
+            f"{prompt_tokens} tokens from the input messages and {limit} tokens for the "
+            "completion. Please reduce the number of tokens in the input messages or the "
+            "completion to fit within the limit."
+        )
+    _check_grammars(request)
     schema = _constraint_schema(request.get("response_format"))
     return _Chat(
         schema=schema,
@@ -348,7 +457,7 @@ def _constraint_schema(response_format: Any) -> dict[str, Any] | None:
     try:
         jsonschema.Draft202012Validator.check_schema(schema)
     except jsonschema.SchemaError as exc:
-        raise _BadRequest(f"Failed to compile the JSON schema: {exc.message}") from exc
+        raise _BadRequest(f"Failed to compile json grammar: {exc.message}") from exc
     return schema
 
 
@@ -527,6 +636,7 @@ class FakeSGLang:
         self._stopping = False
         self._startup_error: BaseException | None = None
         self._active = 0
+        self.crashes = 0  # requests that would have killed the real server (clip over 30 s)
         self._used_connections: weakref.WeakSet[Any] = weakref.WeakSet()
         self.reset()
 
@@ -551,9 +661,9 @@ class FakeSGLang:
         # a request are answered by resetting that connection (RST, no response): what a client
         # sees when SGLang's uvicorn closes an idle connection (5 s) just as the client reuses it.
         self.reset_reused_connections = 0
-        # Chunk shape: False = pydantic era (every key, "usage": null), True = sse_utils era
-        # (role/content left out when null, no "usage" key outside the usage chunk).
-        self.compact_chunks = False
+        # Chunk shape: True = sse_utils era, what 0.5.21 sends (role/content left out when null,
+        # no "usage" key outside the usage chunk); False = pydantic era (every key, "usage": null).
+        self.compact_chunks = True
         # Hold every chat request before its first token until this many are in flight at once,
         # then let them all go, as one batch in SGLang's scheduler (0: no holding). Proves that
         # so many requests really were open together; bounded by BATCH_WAIT_LIMIT.
@@ -832,10 +942,15 @@ class FakeSGLang:
             "is_generation": True,
             "preferred_sampling_params": None,
             "weight_version": "default",
+            "load_format": "auto",
+            "reasoning_parser": None,
+            "tool_call_parser": None,
+            "disaggregation_mode": "null",
             "has_image_understanding": self.has_image_understanding,
             "has_audio_understanding": self.has_audio_understanding,
             "model_type": "gemma3n",
             "architectures": ["Gemma3nForConditionalGeneration"],
+            "embedding": MODEL_INFO_EMBEDDING,
         }
 
     def _model_list(self) -> dict[str, Any]:
@@ -901,6 +1016,15 @@ class FakeSGLang:
         except _BadRequest as exc:
             await _respond_json(send, 400, exc.body)
             return False
+        except _Crash:
+            self.crashes += 1
+            if self._stop_requested is not None:  # the whole server goes, as SGLang's does:
+                self._stopping = True  # every connection is dropped, this one included
+                self._stop_requested.set()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    await gone.wait()
+            return False
         plan = self._take_plan()
         if plan.fault == "context_overflow":
             overflow = _error_body(_context_overflow(40000), "BadRequestError", 400)
@@ -954,7 +1078,12 @@ class FakeSGLang:
                 {"index": i, **choice, "matched_stop": matched_stop} for i in range(chat.n)
             ],
             "usage": _usage(chat, len(tokens) * chat.n),
-            "metadata": {"weight_version": "default"},
+            "metadata": {
+                "weight_version": "default",
+                "weight_versions": [
+                    {"version": "default", "start": 0, "end": len(tokens) * chat.n}
+                ],
+            },
         }
 
     async def _truncate(self, send: Send, chat: _Chat, plan: _Plan) -> None:
@@ -980,10 +1109,7 @@ class FakeSGLang:
         ) -> dict[str, Any]:
             return _chunk(head, index, delta, plan.compact_chunks, finish_reason, matched_stop)
 
-        headers = [
-            (b"content-type", b"text/event-stream; charset=utf-8"),
-            (b"cache-control", b"no-cache"),
-        ]
+        headers = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"vary", b"Origin")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         if plan.fault == "overload":  # queue timeout before the first token: 200, then an error
             message = "The request was aborted: the server is overloaded (queue timeout)."

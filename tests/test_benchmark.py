@@ -100,7 +100,10 @@ def test_fake_backend_answers_like_sglang(sdk: openai.OpenAI, backend: str) -> N
     assert raw["choices"][0]["matched_stop"] is None
     assert raw["usage"]["prompt_tokens_details"] is None
     assert raw["usage"]["reasoning_tokens"] == 0
-    assert raw["metadata"] == {"weight_version": "default"}
+    assert raw["metadata"] == {
+        "weight_version": "default",
+        "weight_versions": [{"version": "default", "start": 0, "end": 2}],
+    }
 
 
 def test_fake_backend_streams_like_sglang(sdk: openai.OpenAI, backend: str) -> None:
@@ -130,14 +133,9 @@ def test_fake_backend_streams_like_sglang(sdk: openai.OpenAI, backend: str) -> N
         events = [line for line in response.iter_lines() if line]
     assert events[-1] == "data: [DONE]"
     token = json.loads(events[1].removeprefix("data: "))
-    assert token["usage"] is None
+    assert "usage" not in token  # SGLang 0.5.21's compact chunks
     assert token["choices"][0]["matched_stop"] is None
-    assert token["choices"][0]["delta"] == {
-        "role": None,
-        "content": "tok ",
-        "reasoning_content": None,
-        "tool_calls": None,
-    }
+    assert token["choices"][0]["delta"] == {"reasoning_content": None, "content": "tok "}
     assert len(events) == 4  # role, token, finish, [DONE]: no usage chunk unless asked
 
 

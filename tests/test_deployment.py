@@ -272,9 +272,10 @@ def test_whisper_extras_are_pinned() -> None:
 # --- entrypoint.sh ------------------------------------------------------------------------------
 
 
-def test_entrypoint_passes_shellcheck() -> None:
+@pytest.mark.parametrize("script", ["entrypoint.sh", "scripts/install-real-sglang.sh"])
+def test_shell_scripts_pass_shellcheck(script: str) -> None:
     done = subprocess.run(
-        [tool("shellcheck"), str(ROOT / "entrypoint.sh")],
+        [tool("shellcheck"), str(ROOT / script)],
         capture_output=True,
         text=True,
         check=False,

@@ -18,6 +18,7 @@ Everything works on orjson dicts, once per body or chunk: no pydantic on the str
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -46,6 +47,12 @@ logger = logging.getLogger("gateway.upstream")
 ID_PREFIX = "chatcmpl-"
 DONE_FRAME = b"data: [DONE]\n\n"
 _LOG_TEXT_LIMIT = 500
+# Seen from real SGLang 0.5.21: its request-validation 400s end with the server-side source
+# location ("\n\n  File \"/.../http_server.py\", line 1777, in ..."), and xgrammar's compile
+# errors start each reason with "[21:14:39] /project/cpp/regex_converter.cc:83: ". Neither is the
+# client's business: the message keeps only SGLang's reason.
+_TRACEBACK_MARK = '\n\n  File "'
+_XGRAMMAR_LOCATION = re.compile(r"\[\d{2}:\d{2}:\d{2}\] \S+?\.(?:cc|cpp|h):\d+: ")
 
 
 def openai_id(upstream_id: object) -> str:
@@ -256,7 +263,7 @@ def _error_for_code(
         )
     if 400 <= status < 500:
         return UpstreamRejected(
-            message or f"The model server rejected the request (HTTP {status}).",
+            _public_reason(message) or f"The model server rejected the request (HTTP {status}).",
             status_code=status,
             param=param,
         )
@@ -265,6 +272,14 @@ def _error_for_code(
     if status == 500:
         return UpstreamFailed("The model server failed while generating a response.")
     return UpstreamBadResponse(f"The model server answered with an unexpected HTTP {status}.")
+
+
+def _public_reason(message: str | None) -> str | None:
+    """SGLang's reason for refusing a request, without its server-side source locations."""
+    if message is None:
+        return None
+    reason = message.partition(_TRACEBACK_MARK)[0]
+    return _XGRAMMAR_LOCATION.sub("", reason).strip() or None
 
 
 def _upstream_message(body: bytes) -> tuple[str | None, str | None]:

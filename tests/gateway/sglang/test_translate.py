@@ -160,3 +160,31 @@ def test_usage_is_kept_for_the_gateway_and_dropped_unless_asked() -> None:
     assert silent.usage == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
     loud = ChunkRewriter("m", forward_usage=True)
     assert orjson.loads(loud.rewrite(final) or b"")["usage"]["total_tokens"] == 5
+
+
+def test_rejections_keep_sglangs_reason_without_its_source_locations() -> None:
+    # Messages as real SGLang 0.5.21 sent them (tests/fixtures/real_sglang_0.5.21.json).
+    grammar = (
+        b'{"object":"error","message":"Failed to compile regex grammar: [21:14:39] '
+        b"/project/cpp/regex_converter.cc:83: Regex parsing error at position 10: The "
+        b'parenthesis is not closed.\\n","type":"BadRequestError","param":null,"code":400}'
+    )
+    error = error_for_status(400, grammar, retry_after=5)
+    assert error.message == (
+        "Failed to compile regex grammar: Regex parsing error at position 10: "
+        "The parenthesis is not closed."
+    )
+    schema = orjson.dumps(
+        {
+            "object": "error",
+            "message": "1 validation error:\n  {'type': 'list_type', 'loc': ('body', 'messages')}"
+            '\n\n  File "/sgl/python/sglang/srt/entrypoints/http_server.py", line 1777, in '
+            "openai_v1_chat_completions\n    POST /v1/chat/completions [...]",
+            "type": "Bad Request",
+            "param": None,
+            "code": 400,
+        }
+    )
+    message = error_for_status(400, schema, retry_after=5).message
+    assert message == "1 validation error:\n  {'type': 'list_type', 'loc': ('body', 'messages')}"
+    assert "http_server.py" not in message
