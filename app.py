@@ -13,6 +13,7 @@ Run with `python app.py` (settings from the environment): `main()` adds what a b
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import os
@@ -34,10 +35,12 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 
+from gateway.api.json_worker import JsonParser
 from gateway.api.openapi import install_openapi
 from gateway.api.schemas import ChatCompletionRequest
 from gateway.api.streaming import EventStreamResponse
-from gateway.api.validation import parse_json
+from gateway.api.validation import read_body
+from gateway.chat.budget import check_budget
 from gateway.chat.media import MediaPreparer
 from gateway.errors import (
     GatewayError,
@@ -118,10 +121,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_bytes=settings.responses_store_max_bytes,
         )
         app.state.responses = responses = ResponsesService(handler, store)
+        app.state.json_parser = parser = JsonParser()
+        app.state.chat_budget = functools.partial(check_budget, settings=settings)
         app.state.warm = warm = anyio.Event()
         try:
             async with anyio.create_task_group() as tasks:
-                tasks.start_soon(_warm_up, images, settings, warm)
+                tasks.start_soon(_warm_up, images, parser, settings, warm)
                 tasks.start_soon(monitor.run)
                 tasks.start_soon(_drain_on_exit, app.state.draining, handler, settings)
                 yield
@@ -130,6 +135,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await responses.aclose()
             store.close()
             images.close()
+            parser.close()
             await fetcher.aclose()
             await client.aclose()
 
@@ -200,8 +206,11 @@ def _json(
 
 def _add_routes(app: FastAPI) -> None:
     async def chat_completions(request: Request) -> Response:
-        body = await request.body()
-        chat = await parse_json(ChatCompletionRequest, body, request.headers.get("content-type"))
+        body = await read_body(request)
+        parser: JsonParser = request.app.state.json_parser
+        content_type = request.headers.get("content-type")
+        within_budget = request.app.state.chat_budget
+        chat = await parser.parse(ChatCompletionRequest, body, content_type, within_budget)
         handler: ModelHandler = request.app.state.handler
         if chat.stream:
             stream = await _until_disconnect(request, handler.stream_chat_completion(chat))
@@ -216,8 +225,9 @@ def _add_routes(app: FastAPI) -> None:
 
     @app.post("/v1/responses")
     async def create_response(request: Request) -> Response:
-        body = await request.body()
-        parsed = await parse_json(ResponsesRequest, body, request.headers.get("content-type"))
+        body = await read_body(request)
+        parser: JsonParser = request.app.state.json_parser
+        parsed = await parser.parse(ResponsesRequest, body, request.headers.get("content-type"))
         service: ResponsesService = request.app.state.responses
         result = await _until_disconnect(request, service.create(parsed))
         if isinstance(result, bytes):
@@ -303,12 +313,17 @@ def _add_routes(app: FastAPI) -> None:
         )
 
 
-async def _warm_up(images: ImagePreparer, settings: Settings, warm: anyio.Event) -> None:
-    """The image workers started before the gateway says it is ready (MEDIA_PRESTART)."""
+async def _warm_up(
+    images: ImagePreparer, parser: JsonParser, settings: Settings, warm: anyio.Event
+) -> None:
+    """The worker processes (images, large JSON bodies) started before the gateway says it is
+    ready (MEDIA_PRESTART)."""
     if settings.media_prestart:
         started = time.perf_counter()
-        await images.warm()
-        logger.info("image workers ready in %.2fs", time.perf_counter() - started)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(images.warm)
+            tasks.start_soon(parser.warm, ChatCompletionRequest, ResponsesRequest)
+        logger.info("worker processes ready in %.2fs", time.perf_counter() - started)
     warm.set()
 
 

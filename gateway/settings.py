@@ -168,7 +168,7 @@ class Settings(BaseSettings):
         0,
         ge=0,
         le=64,
-        description="Images decoded and resized at once (threads); 0 = one per CPU core.",
+        description="Images decoded and resized at once (worker processes); 0 = one per CPU core.",
     )
     max_decoded_media_bytes: int = Field(
         1 << 30,
@@ -182,7 +182,10 @@ class Settings(BaseSettings):
     )
     media_prestart: bool = Field(
         True,
-        description="Start and warm the image workers at start-up, before /health/ready is 200.",
+        description=(
+            "Start and warm the worker processes (images; JSON bodies over 4 MiB) at start-up, "
+            "before /health/ready is 200."
+        ),
     )
 
     # --- model download and deployment (issue 5: download_model.py) ---------------------------
