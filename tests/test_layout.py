@@ -18,7 +18,7 @@ ENTRY_SCRIPTS = {"app.py", "model_handler.py", "download_model.py"}
 
 # Lowest first. A module may import from its own layer and from any layer before it.
 LAYERS = [
-    ("gateway.errors", "gateway.settings"),
+    ("gateway.errors", "gateway.settings", "gateway.tempfiles"),
     ("gateway.playground",),  # static files and their routes: nothing of ours above the base
     ("gateway.server",),
     ("gateway.sglang",),

@@ -24,7 +24,6 @@ import asyncio
 import logging
 import multiprocessing
 import os
-import tempfile
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -35,6 +34,7 @@ from pydantic import BaseModel
 
 from gateway.api.validation import check_content_type, parse_json_body
 from gateway.errors import GatewayError, InvalidRequest
+from gateway.tempfiles import write_temporary
 
 logger = logging.getLogger("gateway")
 
@@ -69,7 +69,7 @@ class JsonParser:
         if len(body) < self._process_bytes:
             return await anyio.to_thread.run_sync(parse_json_body, model, body, content_type)
         check_content_type(content_type)
-        path = await anyio.to_thread.run_sync(_spill, body)
+        path = await anyio.to_thread.run_sync(write_temporary, body, "gateway-body-")
         try:
             kind, value = await self._run(_parse_file, model, path, check)
         finally:
@@ -105,20 +105,6 @@ class JsonParser:
 def _new_pool() -> ProcessPoolExecutor:
     # spawn, not fork: forking a process that runs threads can copy a held lock into the child.
     return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-
-
-def _spill(body: bytes | bytearray) -> str:
-    fd, path = tempfile.mkstemp(prefix="gateway-body-")
-    try:
-        view = memoryview(body)
-        while view:
-            view = view[os.write(fd, view) :]
-    except BaseException:
-        os.unlink(path)
-        raise
-    finally:
-        os.close(fd)
-    return path
 
 
 # -- in the worker process --------------------------------------------------------------------

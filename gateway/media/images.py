@@ -42,7 +42,6 @@ import logging
 import multiprocessing
 import os
 import signal
-import tempfile
 import time
 from collections import OrderedDict
 from concurrent.futures import Executor, ProcessPoolExecutor
@@ -55,6 +54,7 @@ import anyio.to_thread
 
 from gateway import errors
 from gateway.media.memory import BYTES_PER_PIXEL, MediaLease, declared_pixels
+from gateway.tempfiles import write_temporary
 
 # Pillow, pillow-heif and pybase64 are imported where images are decoded (in the pool's workers),
 # not here (idle memory, issue 7).
@@ -589,17 +589,7 @@ def _spill(payload: str | bytes, start: int) -> str:
             raise ImageRejected("The data: URL contains characters that are not ASCII.") from exc
     else:
         encoded = payload
-    fd, path = tempfile.mkstemp(prefix="gateway-image-")
-    try:
-        view = memoryview(encoded)[start:]
-        while view:
-            view = view[os.write(fd, view) :]
-    except BaseException:
-        os.unlink(path)
-        raise
-    finally:
-        os.close(fd)
-    return path
+    return write_temporary(memoryview(encoded)[start:], "gateway-image-")
 
 
 def _usable_cores() -> int:
