@@ -337,6 +337,7 @@ class Bench:
             "MODEL_NAME": MODEL,
             "API_KEYS": API_KEY,
             "LOG_LEVEL": "info",
+            "RESPONSES_STORE_PATH": ":memory:",  # chat is measured; nothing written to disk
         }
         if streams + PROBE_ROOM > GATEWAY_CAPACITY:
             capacity = str(streams + 64)

@@ -119,6 +119,7 @@ def gateway_process(fake: FakeSGLang, **env: str) -> Iterator[GatewayProcess]:
         "HOST": "127.0.0.1",
         "PORT": str(port),
         "LOG_LEVEL": "warning",
+        "RESPONSES_STORE_PATH": ":memory:",  # nothing written into the checkout
         **env,
     }
     process = subprocess.Popen(  # the rlimit raised above is inherited

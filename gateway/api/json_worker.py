@@ -34,6 +34,7 @@ from pydantic import BaseModel
 
 from gateway.api.validation import check_content_type, parse_json_body
 from gateway.errors import GatewayError, InvalidRequest
+from gateway.server.child_process import start_child
 from gateway.tempfiles import write_temporary
 
 logger = logging.getLogger("gateway")
@@ -104,7 +105,12 @@ class JsonParser:
 
 def _new_pool() -> ProcessPoolExecutor:
     # spawn, not fork: forking a process that runs threads can copy a held lock into the child.
-    return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    return ProcessPoolExecutor(
+        1,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=start_child,
+        initargs=(os.getpid(),),
+    )
 
 
 # -- in the worker process --------------------------------------------------------------------

@@ -41,7 +41,6 @@ import io
 import logging
 import multiprocessing
 import os
-import signal
 import time
 from collections import OrderedDict
 from concurrent.futures import Executor, ProcessPoolExecutor
@@ -54,6 +53,7 @@ import anyio.to_thread
 
 from gateway import errors
 from gateway.media.memory import BYTES_PER_PIXEL, MediaLease, declared_pixels
+from gateway.server.child_process import start_child
 from gateway.tempfiles import write_temporary
 
 # Pillow, pillow-heif and pybase64 are imported where images are decoded (in the pool's workers),
@@ -559,6 +559,7 @@ class ImagePreparer:
             self.workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_worker_init,
+            initargs=(os.getpid(),),
         )
 
 
@@ -597,9 +598,8 @@ def _usable_cores() -> int:
     return len(affinity(0)) if affinity else os.cpu_count() or 1
 
 
-def _worker_init() -> None:
-    # Ctrl-C reaches the whole process group; the parent shuts the pool down in order.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _worker_init(parent: int) -> None:
+    start_child(parent)  # Ctrl-C ignored; exits when the gateway is gone
     # The decoders this module leaves unimported (idle memory, issue 7) load as the worker
     # starts, not on its first image.
     for module in ("pybase64", "PIL.Image"):

@@ -8,7 +8,7 @@ import signal
 from pathlib import Path
 
 import httpx
-from conftest import MODEL
+from conftest import MODEL, eventually
 from fake_sglang import FakeSGLang
 from prometheus_client.parser import text_string_to_metric_families
 from test_load import gateway_process
@@ -45,9 +45,14 @@ def test_two_workers_share_the_port_and_stop_together(fake_server: FakeSGLang) -
 def test_a_dead_worker_stops_the_gateway(fake_server: FakeSGLang) -> None:
     with gateway_process(fake_server, WORKERS="2") as gateway:
         first, second = _children(gateway.process.pid)
+        # Its helpers (image decoders, the JSON worker: MEDIA_PRESTART starts them) cannot be
+        # shut down by a worker killed outright; they must notice and go on their own.
+        helpers = _children(first)
+        assert len(helpers) >= 2, helpers
         os.kill(first, signal.SIGKILL)
         assert gateway.process.wait(timeout=20) == 1
         assert not Path(f"/proc/{second}").exists() or _is_zombie(second)
+    assert eventually(lambda: all(_is_zombie(helper) for helper in helpers), timeout=5)
 
 
 def _is_zombie(pid: int) -> bool:
