@@ -303,7 +303,9 @@ def _add_routes(app: FastAPI) -> None:
                 "The gateway is shutting down.", retry_after=settings.retry_after_seconds
             )
         if not request.app.state.warm.is_set():
-            raise UpstreamUnavailable("The gateway is starting its image workers.", retry_after=1)
+            raise UpstreamUnavailable(
+                "The gateway is starting its worker processes.", retry_after=1
+            )
         state = monitor.state if monitor.state.ready else await monitor.check()
         if state.ready:
             return _json({"status": "ready", "backend": state.as_json()})

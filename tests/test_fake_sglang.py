@@ -7,7 +7,6 @@ checks that an OpenAI client accepts what the fake says, SGLang's extra keys inc
 from __future__ import annotations
 
 import base64
-import io
 import re
 import socket
 import threading
@@ -15,6 +14,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import audio_factory
 import httpx
 import openai
 import orjson
@@ -673,17 +673,10 @@ def test_fake_answers_like_the_recorded_real_sglang(keyed_fake: FakeSGLang, name
 def test_a_clip_over_30_seconds_crashes_the_server_like_sglang_0_5_21() -> None:
     # Real SGLang 0.5.21: "RuntimeError: numel: integer multiplication overflow" in its
     # scheduler, the connection drops without an answer, and the whole server exits.
-    import wave
-
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(16000)
-        out.writeframes(b"\0\0" * 16000 * 31)
+    clip = audio_factory.encode(audio_factory.silence(31), "wav")
     part = {
         "type": "input_audio",
-        "input_audio": {"data": base64.b64encode(buf.getvalue()).decode(), "format": "wav"},
+        "input_audio": {"data": base64.b64encode(clip).decode(), "format": "wav"},
     }
     with FakeSGLang() as fake, httpx.Client(base_url=fake.url, timeout=10) as client:
         thirty = {**part, "input_audio": {"data": WAV, "format": "wav"}}

@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 import anyio.to_thread
 from pydantic import BaseModel
 
-from gateway.api.validation import check_content_type, parse_json_body
+from gateway.api.validation import JSON_MEDIA_TYPE, check_content_type, parse_json_body
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.server.child_process import start_child
 from gateway.tempfiles import write_temporary
@@ -124,7 +124,7 @@ def _parse_file(
     with open(path, "rb") as file:
         body = file.read()
     try:
-        parsed = parse_json_body(model, body, "application/json")
+        parsed = parse_json_body(model, body, JSON_MEDIA_TYPE)  # checked before it was sent
         if check is not None:
             check(parsed)
         return "ok", parsed

@@ -22,7 +22,7 @@ import httpx
 import openai
 import pytest
 
-from .procs import SERVED_MODEL, Gateway, SGLangServer
+from .procs import SERVED_MODEL, Gateway, SGLangServer, running
 
 TIER = Path(__file__).resolve().parent
 REAL_SGLANG_HOME = Path(
@@ -90,12 +90,8 @@ def sglang(sglang_python: Path, tiny_model: Path, logs: Path) -> Iterator[SGLang
         "--constrained-json-disable-any-whitespace",
         api_key=SGLANG_API_KEY,
     )
-    try:
-        server.start()
-        server.wait_ready()
+    with running(server):
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="package")
@@ -109,12 +105,8 @@ def gateway(sglang: SGLangServer, logs: Path) -> Iterator[Gateway]:
         MEDIA_ALLOW_PRIVATE_ADDRESSES="true",
         DEFAULT_MAX_TOKENS="16",
     )
-    try:
-        gw.start()
-        gw.wait_ready()
+    with running(gw):
         yield gw
-    finally:
-        gw.stop()
 
 
 @pytest.fixture

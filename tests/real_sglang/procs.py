@@ -17,8 +17,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import httpx
 
@@ -72,6 +73,26 @@ def wait_for(
         if time.monotonic() > deadline:
             raise RuntimeError(f"{what}: not ready after {timeout:.0f} s")
         time.sleep(0.25)
+
+
+class _Server(Protocol):
+    def start(self) -> None: ...
+    def wait_ready(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+ServerT = TypeVar("ServerT", bound=_Server)
+
+
+@contextlib.contextmanager
+def running(server: ServerT) -> Iterator[ServerT]:
+    """`server` started and ready for the `with` block, stopped after it (on failure too)."""
+    try:
+        server.start()
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
 
 
 class Process:
@@ -194,12 +215,15 @@ class SGLangServer(Process):
 class Router(Process):
     """`python -m sglang_router.launch_router` in front of real SGLang workers."""
 
-    def __init__(self, python: Path, log_path: Path, worker_urls: Sequence[str]) -> None:
+    def __init__(
+        self, python: Path, log_path: Path, worker_urls: Sequence[str], *extra_args: str
+    ) -> None:
         super().__init__("sglang-router", log_path)
         self.python = python
         self.worker_urls = list(worker_urls)
+        self.extra_args = extra_args
 
-    def start(self, *extra_args: str) -> None:
+    def start(self) -> None:
         args = [
             str(self.python),
             "-m",
@@ -210,7 +234,7 @@ class Router(Process):
             str(self.port),
             "--worker-urls",
             *self.worker_urls,
-            *extra_args,
+            *self.extra_args,
         ]
         self.spawn(args, {"PYTHONUNBUFFERED": "1"})
 

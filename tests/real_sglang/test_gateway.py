@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from .conftest import MODEL
-from .procs import Gateway, SGLangServer
+from .procs import Gateway, SGLangServer, running
 
 IMAGE_TOKENS = 256
 AUDIO_CLIP_TOKENS = 188
@@ -225,12 +225,9 @@ def test_sglang_api_key_is_forwarded(upstream: httpx.Client, client: openai.Open
 @pytest.fixture(scope="module")
 def wrong_key_gateway(sglang: SGLangServer, logs: Path) -> Iterator[Gateway]:
     gw = Gateway(logs / "gateway-wrong-key.log", sglang.url, SGLANG_API_KEY="sk-not-the-key")
-    try:
-        gw.start()
-        gw.wait_ready()  # /ready is exempt from SGLang's key: the gateway reports it ready
+    # Ready: /ready is exempt from SGLang's key, so the gateway reports it ready.
+    with running(gw):
         yield gw
-    finally:
-        gw.stop()
 
 
 def test_wrong_sglang_key_is_a_502_not_the_clients_fault(wrong_key_gateway: Gateway) -> None:

@@ -18,7 +18,7 @@ import openai
 import pytest
 
 from .conftest import MODEL, SGLANG_API_KEY
-from .procs import Gateway, Router, SGLangServer, free_port
+from .procs import Gateway, Router, SGLangServer, free_port, running
 
 _clients: list[openai.OpenAI] = []
 
@@ -111,24 +111,17 @@ def test_gateway_started_before_sglang_waits_for_it(
 def router(
     sglang_python: Path, logs: Path, sglang: SGLangServer, second: SGLangServer
 ) -> Iterator[Router]:
-    rt = Router(sglang_python, logs / "router.log", [sglang.url, second.url])
-    try:
-        rt.start("--api-key", SGLANG_API_KEY, "--policy", "round_robin")
-        rt.wait_ready()
+    workers = [sglang.url, second.url]
+    args = ("--api-key", SGLANG_API_KEY, "--policy", "round_robin")
+    with running(Router(sglang_python, logs / "router.log", workers, *args)) as rt:
         yield rt
-    finally:
-        rt.stop()
 
 
 @pytest.fixture(scope="module")
 def routed_gateway(router: Router, logs: Path) -> Iterator[Gateway]:
     gw = Gateway(logs / "gateway-routed.log", router.url, SGLANG_API_KEY=SGLANG_API_KEY)
-    try:
-        gw.start()
-        gw.wait_ready()
+    with running(gw):
         yield gw
-    finally:
-        gw.stop()
 
 
 def test_router_health_and_stream_through_the_gateway(

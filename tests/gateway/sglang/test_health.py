@@ -74,16 +74,19 @@ def test_readiness_checks_again_when_not_ready(
         assert http.get("/health/ready").status_code == 200
 
 
-def test_readiness_waits_for_the_image_workers(
+def test_readiness_waits_for_the_worker_processes(
     make_gateway: Callable[..., ServerThread], fake: FakeSGLang
 ) -> None:
     server = make_gateway(media_prestart=True)
     with httpx.Client(base_url=server.url, timeout=10) as http:
         first = http.get("/health/ready")
         if first.status_code == 503:  # still starting its workers: says so
-            assert "image workers" in first.json()["error"]["message"]
+            assert "worker processes" in first.json()["error"]["message"]
         deadline = time.monotonic() + 20
         while http.get("/health/ready").status_code != 200:
             assert time.monotonic() < deadline, "never ready"
             time.sleep(0.05)
     assert server.app.state.warm.is_set()
+    # Both pools are up: the image decoders and the JSON worker for large bodies.
+    parser = server.app.state.json_parser
+    assert parser._pool is not None and len(parser._pool._processes) == 1
